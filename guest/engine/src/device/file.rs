@@ -1,0 +1,206 @@
+//! A device backed by a regular file or a block device.
+//!
+//! Regular files are created sparse with `set_len` and can grow. The file is locked exclusively
+//! (`flock`) while open so that two engines never share a device.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use super::{Device, out_of_range};
+
+/// A regular file or block device.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    is_block: bool,
+}
+
+/// Why a file device could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileDeviceError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: device is in use by another process")]
+    Locked { path: String },
+    #[error("{path}: not a regular file or block device")]
+    NotAFileOrBlockDevice { path: String },
+}
+
+impl FileDevice {
+    /// Opens an existing file or block device for reading and writing and locks it.
+    pub fn open(path: &Path) -> Result<FileDevice, FileDeviceError> {
+        Self::open_inner(path, None)
+    }
+
+    /// Opens `path`, creating it as a sparse file of `size` bytes if it does not exist. An
+    /// existing regular file shorter than `size` is left as it is (growing is the engine's
+    /// decision).
+    pub fn open_or_create(path: &Path, size: u64) -> Result<FileDevice, FileDeviceError> {
+        Self::open_inner(path, Some(size))
+    }
+
+    fn open_inner(path: &Path, create_size: Option<u64>) -> Result<FileDevice, FileDeviceError> {
+        let io_err = |source| FileDeviceError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if create_size.is_some() {
+            options.create(true);
+        }
+        let file = options.open(path).map_err(io_err)?;
+        let file_type = file.metadata().map_err(io_err)?.file_type();
+        let is_block = file_type.is_block_device();
+        if !is_block && !file_type.is_file() {
+            return Err(FileDeviceError::NotAFileOrBlockDevice {
+                path: path.display().to_string(),
+            });
+        }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(FileDeviceError::Locked {
+                    path: path.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        if let Some(size) = create_size
+            && !is_block
+            && file.metadata().map_err(io_err)?.len() == 0
+        {
+            file.set_len(size).map_err(io_err)?;
+        }
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            is_block,
+        })
+    }
+
+    /// Opens a device for reading only, without locking it (used by fsck on a device that may
+    /// be in use: it reads a consistent durable state regardless).
+    pub fn open_read_only(path: &Path) -> Result<FileDevice, FileDeviceError> {
+        let io_err = |source| FileDeviceError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new().read(true).open(path).map_err(io_err)?;
+        let file_type = file.metadata().map_err(io_err)?.file_type();
+        let is_block = file_type.is_block_device();
+        if !is_block && !file_type.is_file() {
+            return Err(FileDeviceError::NotAFileOrBlockDevice {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            is_block,
+        })
+    }
+
+    /// Path the device was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Device for FileDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                out_of_range(offset, buf.len(), self.len().unwrap_or(0))
+            } else {
+                e
+            }
+        })
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let len = self.len()?;
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > len)
+        {
+            return Err(out_of_range(offset, buf.len(), len));
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        if self.is_block {
+            // Block devices report a zero length in their metadata; the end is their size.
+            (&self.file).seek(SeekFrom::End(0))
+        } else {
+            Ok(self.file.metadata()?.len())
+        }
+    }
+
+    fn grow(&self, len: u64) -> io::Result<()> {
+        if self.is_block {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot grow",
+            ));
+        }
+        if len > self.len()? {
+            self.file.set_len(len)?;
+            // The new length must survive a crash before the superblock claims it.
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_sparse_file_and_refuses_a_second_opener() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dev.img");
+        let dev = FileDevice::open_or_create(&path, 1 << 30).expect("create");
+        assert_eq!(dev.len().expect("len"), 1 << 30);
+        let blocks =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).expect("stat"));
+        assert!(blocks < 64, "file should be sparse, has {blocks} blocks");
+        assert!(matches!(
+            FileDevice::open(&path),
+            Err(FileDeviceError::Locked { .. })
+        ));
+        drop(dev);
+        FileDevice::open(&path).expect("reopen after the first closed");
+    }
+
+    #[test]
+    fn writes_past_the_end_fail_and_grow_adds_zeros() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dev.img");
+        let dev = FileDevice::open_or_create(&path, 8192).expect("create");
+        assert!(dev.write_at(&[1; 10], 8190).is_err());
+        dev.grow(16384).expect("grow");
+        dev.write_at(&[1; 10], 8190).expect("write after grow");
+        let mut buf = [9u8; 4];
+        dev.read_at(&mut buf, 16380).expect("read");
+        assert_eq!(buf, [0; 4]);
+    }
+}
