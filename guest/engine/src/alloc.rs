@@ -133,11 +133,7 @@ impl Allocator {
         }
         while left > 0 {
             // Fragmented: the largest pieces first keeps the number of runs down.
-            let (s, l) = self
-                .free
-                .iter()
-                .max_by_key(|&(_, &l)| l)
-                .map(|(&s, &l)| (s, l))?;
+            let (s, l) = self.free.iter().max_by_key(|&(_, &l)| l).map(|(&s, &l)| (s, l))?;
             let n = left.min(l);
             self.take(s, l, s, n);
             runs.push((s, n));

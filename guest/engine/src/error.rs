@@ -27,26 +27,14 @@ pub enum OpenError {
     #[error("{device}: device is blank; format it first (lcfsd format)")]
     Blank { device: String },
     /// The device was formatted by a version of lcfs this build does not understand.
-    #[error(
-        "{device}: unsupported lcfs format version {found} (this build reads version {supported})"
-    )]
-    UnsupportedVersion {
-        device: String,
-        found: u32,
-        supported: u32,
-    },
+    #[error("{device}: unsupported lcfs format version {found} (this build reads version {supported})")]
+    UnsupportedVersion { device: String, found: u32, supported: u32 },
     /// Both superblock copies fail their checksum or are inconsistent.
     #[error("{device}: superblock is corrupt: {detail}")]
     CorruptSuperblock { device: String, detail: String },
     /// The device is shorter than its superblock says it is.
-    #[error(
-        "{device}: device is truncated: the superblock records {expected} bytes but the device has {found}"
-    )]
-    Truncated {
-        device: String,
-        expected: u64,
-        found: u64,
-    },
+    #[error("{device}: device is truncated: the superblock records {expected} bytes but the device has {found}")]
+    Truncated { device: String, expected: u64, found: u64 },
     /// The metadata store failed its integrity check.
     #[error("{device}: metadata is corrupt: {detail}")]
     CorruptMetadata { device: String, detail: String },
@@ -106,11 +94,7 @@ pub enum Error {
     #[error("layer {0:?} has child layers; remove them first")]
     LayerHasChildren(String),
     #[error("layer {name:?} is {kind}; {needed}")]
-    LayerKind {
-        name: String,
-        kind: &'static str,
-        needed: &'static str,
-    },
+    LayerKind { name: String, kind: &'static str, needed: &'static str },
     #[error("invalid layer name {0:?}: {1}")]
     InvalidLayerName(String, &'static str),
     #[error("invalid label: {0}")]
@@ -163,13 +147,7 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
+from_redb!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError, redb::SetDurabilityError);
 
 /// Result of engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

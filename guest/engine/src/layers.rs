@@ -43,11 +43,7 @@ impl LayerRef {
 
     /// The ancestry of the parent, if any.
     pub fn parent_path(&self) -> Option<&[LayerId]> {
-        if self.depth == 0 {
-            None
-        } else {
-            Some(&self.path[..self.depth as usize])
-        }
+        if self.depth == 0 { None } else { Some(&self.path[..self.depth as usize]) }
     }
 }
 
@@ -62,14 +58,8 @@ pub(crate) enum TreeError {
     DuplicateName(LayerId, LayerId, String),
     #[error("layer {0} is its own ancestor")]
     Cycle(LayerId),
-    #[error(
-        "layer {child} has parent {parent}, which is {kind}; only committed layers have children"
-    )]
-    ParentNotCommitted {
-        child: LayerId,
-        parent: LayerId,
-        kind: &'static str,
-    },
+    #[error("layer {child} has parent {parent}, which is {kind}; only committed layers have children")]
+    ParentNotCommitted { child: LayerId, parent: LayerId, kind: &'static str },
 }
 
 /// Every layer of the device.
@@ -97,34 +87,14 @@ impl Layers {
             if let Some(prev) = layers.by_name.insert(record.name.clone(), id) {
                 return Err(TreeError::DuplicateName(prev, id, record.name));
             }
-            layers.by_id.insert(
-                id,
-                Layer {
-                    id,
-                    record,
-                    path,
-                    children: 0,
-                    dirty: false,
-                    counters: Arc::default(),
-                },
-            );
+            layers.by_id.insert(id, Layer { id, record, path, children: 0, dirty: false, counters: Arc::default() });
         }
-        let parents: Vec<(LayerId, LayerId)> = layers
-            .by_id
-            .values()
-            .filter_map(|l| l.record.parent.map(|p| (l.id, p)))
-            .collect();
+        let parents: Vec<(LayerId, LayerId)> =
+            layers.by_id.values().filter_map(|l| l.record.parent.map(|p| (l.id, p))).collect();
         for (child, parent) in parents {
-            let p = layers
-                .by_id
-                .get_mut(&parent)
-                .ok_or(TreeError::MissingParent { child, parent })?;
+            let p = layers.by_id.get_mut(&parent).ok_or(TreeError::MissingParent { child, parent })?;
             if p.record.kind != LayerKind::Committed {
-                return Err(TreeError::ParentNotCommitted {
-                    child,
-                    parent,
-                    kind: p.record.kind.as_str(),
-                });
+                return Err(TreeError::ParentNotCommitted { child, parent, kind: p.record.kind.as_str() });
             }
             p.children += 1;
         }
@@ -204,17 +174,8 @@ impl Layers {
         };
         path.push(id);
         self.by_name.insert(record.name.clone(), id);
-        self.by_id.insert(
-            id,
-            Layer {
-                id,
-                record,
-                path: path.into(),
-                children: 0,
-                dirty: true,
-                counters: Arc::default(),
-            },
-        );
+        self.by_id
+            .insert(id, Layer { id, record, path: path.into(), children: 0, dirty: true, counters: Arc::default() });
     }
 
     /// Removes a layer without children.
@@ -241,11 +202,7 @@ impl Layers {
         LayerInfo {
             id: layer.id,
             name: layer.record.name.clone(),
-            parent: layer
-                .record
-                .parent
-                .and_then(|p| self.by_id.get(&p))
-                .map(|p| p.record.name.clone()),
+            parent: layer.record.parent.and_then(|p| self.by_id.get(&p)).map(|p| p.record.name.clone()),
             kind: layer.record.kind,
             depth: layer.record.depth,
             labels: layer.record.labels.clone(),
@@ -291,10 +248,7 @@ mod tests {
 
     #[test]
     fn broken_trees_are_rejected() {
-        let missing = Layers::load(vec![(
-            LayerId(2),
-            record("x", Some(9), 1, LayerKind::Writable),
-        )]);
+        let missing = Layers::load(vec![(LayerId(2), record("x", Some(9), 1, LayerKind::Writable))]);
         assert!(matches!(missing, Err(TreeError::MissingParent { .. })));
         let cycle = Layers::load(vec![
             (LayerId(1), record("a", Some(2), 1, LayerKind::Committed)),
@@ -305,9 +259,6 @@ mod tests {
             (LayerId(1), record("a", None, 0, LayerKind::Writable)),
             (LayerId(2), record("b", Some(1), 1, LayerKind::Writable)),
         ]);
-        assert!(matches!(
-            writable_parent,
-            Err(TreeError::ParentNotCommitted { .. })
-        ));
+        assert!(matches!(writable_parent, Err(TreeError::ParentNotCommitted { .. })));
     }
 }

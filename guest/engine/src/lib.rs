@@ -43,9 +43,8 @@ pub use error::{Error, OpenError, Result};
 pub use fs::{Engine, FormatOptions, OpenOptions};
 pub use fsck::{FsckReport, fsck};
 pub use types::{
-    Attr, Change, ChangeKind, DirEntry, FallocateMode, FileKind, Ino, LayerId, LayerInfo,
-    LayerKind, NewNode, ROOT_INO, RenameFlags, SetAttr, SetTime, StatFs, Timestamp, Usage,
-    XattrMode,
+    Attr, Change, ChangeKind, DirEntry, FallocateMode, FileKind, Ino, LayerId, LayerInfo, LayerKind, NewNode, ROOT_INO,
+    RenameFlags, SetAttr, SetTime, StatFs, Timestamp, Usage, XattrMode,
 };
 
 /// Size of a data block in bytes.

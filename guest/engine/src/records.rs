@@ -64,18 +64,12 @@ impl<'a> Decoder<'a> {
     }
 
     pub fn error(&self, problem: impl Into<String>) -> DecodeError {
-        DecodeError {
-            record: self.record,
-            problem: problem.into(),
-        }
+        DecodeError { record: self.record, problem: problem.into() }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(self.error(format!(
-                "ends early ({} bytes left, {n} needed)",
-                self.buf.len()
-            )));
+            return Err(self.error(format!("ends early ({} bytes left, {n} needed)", self.buf.len())));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -117,19 +111,12 @@ impl<'a> Decoder<'a> {
     pub fn count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item) > self.buf.len() {
-            return Err(self.error(format!(
-                "claims {n} items but only {} bytes remain",
-                self.buf.len()
-            )));
+            return Err(self.error(format!("claims {n} items but only {} bytes remain", self.buf.len())));
         }
         Ok(n)
     }
     pub fn finish(self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(self.error(format!("{} trailing bytes", self.buf.len())))
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(self.error(format!("{} trailing bytes", self.buf.len()))) }
     }
 }
 
@@ -179,28 +166,14 @@ impl InodeRecord {
     }
 
     pub fn nlink(&self) -> u32 {
-        if self.kind == FileKind::Directory {
-            2 + self.subdirs
-        } else {
-            self.links.len() as u32
-        }
+        if self.kind == FileKind::Directory { 2 + self.subdirs } else { self.links.len() as u32 }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::default();
-        e.u8(INODE_RECORD_VERSION)
-            .u8(self.kind.to_u8())
-            .u8(self.flags)
-            .u16(self.perm);
-        e.u32(self.uid)
-            .u32(self.gid)
-            .u64(self.rdev)
-            .u64(self.size)
-            .u64(self.inherit_limit);
-        e.time(self.atime)
-            .time(self.mtime)
-            .time(self.ctime)
-            .time(self.crtime);
+        e.u8(INODE_RECORD_VERSION).u8(self.kind.to_u8()).u8(self.flags).u16(self.perm);
+        e.u32(self.uid).u32(self.gid).u64(self.rdev).u64(self.size).u64(self.inherit_limit);
+        e.time(self.atime).time(self.mtime).time(self.ctime).time(self.crtime);
         e.u32(self.subdirs);
         e.u32(self.links.len() as u32);
         for l in &self.links {
@@ -221,8 +194,7 @@ impl InodeRecord {
             return Err(d.error(format!("unknown record version {version}")));
         }
         let kind_byte = d.u8()?;
-        let kind = FileKind::from_u8(kind_byte)
-            .ok_or_else(|| d.error(format!("unknown file type {kind_byte}")))?;
+        let kind = FileKind::from_u8(kind_byte).ok_or_else(|| d.error(format!("unknown file type {kind_byte}")))?;
         let flags = d.u8()?;
         let perm = d.u16()?;
         if perm > 0o7777 {
@@ -281,9 +253,7 @@ impl LayerRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::default();
         e.u8(LAYER_RECORD_VERSION).bytes(self.name.as_bytes());
-        e.u64(self.parent.map_or(0, |p| p.0))
-            .u32(self.depth)
-            .u8(self.kind.to_u8());
+        e.u64(self.parent.map_or(0, |p| p.0)).u32(self.depth).u8(self.kind.to_u8());
         e.time(self.created).time(self.updated);
         e.u64(self.usage.bytes).u64(self.usage.inodes);
         e.u32(self.labels.len() as u32);
@@ -307,14 +277,10 @@ impl LayerRecord {
         };
         let depth = d.u32()?;
         let kind_byte = d.u8()?;
-        let kind = LayerKind::from_u8(kind_byte)
-            .ok_or_else(|| d.error(format!("unknown layer kind {kind_byte}")))?;
+        let kind = LayerKind::from_u8(kind_byte).ok_or_else(|| d.error(format!("unknown layer kind {kind_byte}")))?;
         let created = d.time()?;
         let updated = d.time()?;
-        let usage = Usage {
-            bytes: d.u64()?,
-            inodes: d.u64()?,
-        };
+        let usage = Usage { bytes: d.u64()?, inodes: d.u64()? };
         let mut labels = BTreeMap::new();
         let n = d.count(8)?;
         for _ in 0..n {
@@ -325,16 +291,7 @@ impl LayerRecord {
             labels.insert(k, v);
         }
         d.finish()?;
-        Ok(LayerRecord {
-            name,
-            parent,
-            depth,
-            kind,
-            created,
-            updated,
-            usage,
-            labels,
-        })
+        Ok(LayerRecord { name, parent, depth, kind, created, updated, usage, labels })
     }
 }
 
@@ -349,10 +306,7 @@ mod tests {
     pub(crate) fn sample_inode() -> InodeRecord {
         let mut xattrs = BTreeMap::new();
         xattrs.insert(b"user.a".to_vec(), b"1".to_vec());
-        xattrs.insert(
-            b"security.capability".to_vec(),
-            vec![1, 0, 0, 2, 0, 32, 0, 0],
-        );
+        xattrs.insert(b"security.capability".to_vec(), vec![1, 0, 0, 2, 0, 32, 0, 0]);
         InodeRecord {
             kind: FileKind::Regular,
             flags: 0,
@@ -367,16 +321,7 @@ mod tests {
             ctime: Timestamp::new(3, 4),
             crtime: Timestamp::new(5, 6),
             subdirs: 0,
-            links: vec![
-                Link {
-                    parent: Ino(1),
-                    name: b"a".to_vec(),
-                },
-                Link {
-                    parent: Ino(9),
-                    name: b"b".to_vec(),
-                },
-            ],
+            links: vec![Link { parent: Ino(1), name: b"a".to_vec() }, Link { parent: Ino(9), name: b"b".to_vec() }],
             target: Vec::new(),
             xattrs,
         }
@@ -391,10 +336,7 @@ mod tests {
     #[test]
     fn layer_records_round_trip() {
         let mut labels = BTreeMap::new();
-        labels.insert(
-            "containerd.io/snapshot.ref".to_string(),
-            "sha256:abc".to_string(),
-        );
+        labels.insert("containerd.io/snapshot.ref".to_string(), "sha256:abc".to_string());
         let r = LayerRecord {
             name: "k8s.io/1/sha256:deadbeef".to_string(),
             parent: Some(LayerId(7)),
@@ -402,10 +344,7 @@ mod tests {
             kind: LayerKind::Committed,
             created: Timestamp::new(1, 2),
             updated: Timestamp::new(3, 4),
-            usage: Usage {
-                bytes: 4096,
-                inodes: 3,
-            },
+            usage: Usage { bytes: 4096, inodes: 3 },
             labels,
         };
         assert_eq!(LayerRecord::decode(&r.encode()), Ok(r));
@@ -415,10 +354,7 @@ mod tests {
     fn every_truncation_and_every_flipped_byte_decodes_or_errors_without_panicking() {
         let bytes = sample_inode().encode();
         for n in 0..bytes.len() {
-            assert!(
-                InodeRecord::decode(&bytes[..n]).is_err(),
-                "prefix of {n} bytes must not decode"
-            );
+            assert!(InodeRecord::decode(&bytes[..n]).is_err(), "prefix of {n} bytes must not decode");
         }
         for i in 0..bytes.len() {
             for bit in 0..8 {

@@ -91,10 +91,7 @@ impl LayerCounters {
 
     pub fn snapshot(&self) -> LayerStats {
         LayerStats {
-            ops: Op::ALL
-                .iter()
-                .map(|&op| (op, self.ops[op as usize].load(Ordering::Relaxed)))
-                .collect(),
+            ops: Op::ALL.iter().map(|&op| (op, self.ops[op as usize].load(Ordering::Relaxed))).collect(),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
         }
@@ -111,10 +108,7 @@ pub struct LayerStats {
 
 impl LayerStats {
     pub fn count(&self, op: Op) -> u64 {
-        self.ops
-            .iter()
-            .find(|(o, _)| *o == op)
-            .map_or(0, |(_, n)| *n)
+        self.ops.iter().find(|(o, _)| *o == op).map_or(0, |(_, n)| *n)
     }
 
     pub fn total_ops(&self) -> u64 {
@@ -148,18 +142,12 @@ pub(crate) struct FileCounters {
 
 impl Default for FileCounters {
     fn default() -> Self {
-        FileCounters {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        FileCounters { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 }
 
 impl FileCounters {
-    fn shard(
-        &self,
-        layer: LayerId,
-        ino: Ino,
-    ) -> std::sync::MutexGuard<'_, HashMap<(LayerId, Ino), FileStats>> {
+    fn shard(&self, layer: LayerId, ino: Ino) -> std::sync::MutexGuard<'_, HashMap<(LayerId, Ino), FileStats>> {
         let i = (ino.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ layer.0) as usize % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -170,10 +158,7 @@ impl FileCounters {
 
     pub fn forget_layer(&self, layer: LayerId) {
         for shard in &self.shards {
-            shard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|k, _| k.0 != layer);
+            shard.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| k.0 != layer);
         }
     }
 
@@ -182,12 +167,7 @@ impl FileCounters {
         let mut all = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            all.extend(
-                shard
-                    .iter()
-                    .filter(|(k, _)| layer.is_none_or(|l| k.0 == l))
-                    .map(|(k, v)| (k.0, k.1, *v)),
-            );
+            all.extend(shard.iter().filter(|(k, _)| layer.is_none_or(|l| k.0 == l)).map(|(k, v)| (k.0, k.1, *v)));
         }
         all.sort_by(|a, b| b.2.accesses().cmp(&a.2.accesses()).then(a.1.cmp(&b.1)));
         all.truncate(limit);
@@ -215,10 +195,7 @@ mod tests {
         files.update(LayerId(1), Ino(6), |f| f.opens += 1);
         files.update(LayerId(2), Ino(7), |f| f.writes += 9);
         let top = files.top(Some(LayerId(1)), 10);
-        assert_eq!(
-            top.iter().map(|t| t.1).collect::<Vec<_>>(),
-            vec![Ino(5), Ino(6)]
-        );
+        assert_eq!(top.iter().map(|t| t.1).collect::<Vec<_>>(), vec![Ino(5), Ino(6)]);
         assert_eq!(files.top(None, 1)[0].1, Ino(7));
         files.forget_layer(LayerId(1));
         assert_eq!(files.top(None, 10).len(), 1);

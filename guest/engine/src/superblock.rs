@@ -115,9 +115,7 @@ impl Superblock {
         }
         let block_size = u32::from_le_bytes(le4(&b[12..16]));
         if u64::from(block_size) != BLOCK_SIZE {
-            return Err(CopyProblem::Inconsistent(format!(
-                "block size {block_size}, expected {BLOCK_SIZE}"
-            )));
+            return Err(CopyProblem::Inconsistent(format!("block size {block_size}, expected {BLOCK_SIZE}")));
         }
         let u = |at: usize| u64::from_le_bytes(le8(&b[at..at + 8]));
         let mut uuid = [0u8; 16];
@@ -140,10 +138,7 @@ impl Superblock {
     /// Internal consistency of the geometry.
     fn check(&self) -> Result<(), String> {
         if self.meta_offset < 2 * SUPERBLOCK_SIZE as u64 || self.meta_offset % BLOCK_SIZE != 0 {
-            return Err(format!(
-                "metadata region offset {} is invalid",
-                self.meta_offset
-            ));
+            return Err(format!("metadata region offset {} is invalid", self.meta_offset));
         }
         if self.meta_len > self.meta_capacity || self.meta_high_water > self.meta_capacity {
             return Err(format!(
@@ -155,10 +150,7 @@ impl Superblock {
             return Err("data region does not follow the metadata region".to_string());
         }
         if self.data_offset % BLOCK_SIZE != 0 || self.data_offset > self.device_size {
-            return Err(format!(
-                "data region offset {} is invalid",
-                self.data_offset
-            ));
+            return Err(format!("data region offset {} is invalid", self.data_offset));
         }
         Ok(())
     }
@@ -173,37 +165,26 @@ impl Superblock {
         })?;
         if len < 2 * SUPERBLOCK_SIZE as u64 {
             let mut head = vec![0u8; len as usize];
-            device
-                .read_at(&mut head, 0)
-                .map_err(|source| OpenError::Io {
-                    device: name.clone(),
-                    what: "reading the superblock",
-                    source,
-                })?;
+            device.read_at(&mut head, 0).map_err(|source| OpenError::Io {
+                device: name.clone(),
+                what: "reading the superblock",
+                source,
+            })?;
             return Err(if head.iter().all(|&b| b == 0) {
                 OpenError::Blank { device: name }
             } else if head.len() >= 8 && head[..8] == MAGIC {
-                OpenError::Truncated {
-                    device: name,
-                    expected: 2 * SUPERBLOCK_SIZE as u64,
-                    found: len,
-                }
+                OpenError::Truncated { device: name, expected: 2 * SUPERBLOCK_SIZE as u64, found: len }
             } else {
                 OpenError::NotLcfs { device: name }
             });
         }
         let mut both = vec![0u8; 2 * SUPERBLOCK_SIZE];
-        device
-            .read_at(&mut both, 0)
-            .map_err(|source| OpenError::Io {
-                device: name.clone(),
-                what: "reading the superblock",
-                source,
-            })?;
-        let copies = [
-            Self::decode(&both[..SUPERBLOCK_SIZE]),
-            Self::decode(&both[SUPERBLOCK_SIZE..]),
-        ];
+        device.read_at(&mut both, 0).map_err(|source| OpenError::Io {
+            device: name.clone(),
+            what: "reading the superblock",
+            source,
+        })?;
+        let copies = [Self::decode(&both[..SUPERBLOCK_SIZE]), Self::decode(&both[SUPERBLOCK_SIZE..])];
         let current = match (&copies[0], &copies[1]) {
             (Ok(Some(a)), Ok(Some(b))) => {
                 if a.uuid != b.uuid {
@@ -211,15 +192,10 @@ impl Superblock {
                     // if it is the higher sequence; a mismatch means someone wrote over us.
                     return Err(OpenError::CorruptSuperblock {
                         device: name,
-                        detail: "the two superblock copies belong to different file systems"
-                            .to_string(),
+                        detail: "the two superblock copies belong to different file systems".to_string(),
                     });
                 }
-                if a.sequence >= b.sequence {
-                    a.clone()
-                } else {
-                    b.clone()
-                }
+                if a.sequence >= b.sequence { a.clone() } else { b.clone() }
             }
             (Ok(Some(a)), _) => a.clone(),
             (_, Ok(Some(b))) => b.clone(),
@@ -230,16 +206,9 @@ impl Superblock {
                     Err(CopyProblem::Version(v)) => Some(*v),
                     _ => None,
                 }) {
-                    return Err(OpenError::UnsupportedVersion {
-                        device: name,
-                        found: v,
-                        supported: FORMAT_VERSION,
-                    });
+                    return Err(OpenError::UnsupportedVersion { device: name, found: v, supported: FORMAT_VERSION });
                 }
-                if problems
-                    .iter()
-                    .all(|p| matches!(p, Err(CopyProblem::NoMagic) | Ok(None)))
-                {
+                if problems.iter().all(|p| matches!(p, Err(CopyProblem::NoMagic) | Ok(None))) {
                     return Err(OpenError::NotLcfs { device: name });
                 }
                 let detail = problems
@@ -248,18 +217,11 @@ impl Superblock {
                     .map(|(i, p)| format!("copy {}: {}", i + 1, describe(p)))
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(OpenError::CorruptSuperblock {
-                    device: name,
-                    detail,
-                });
+                return Err(OpenError::CorruptSuperblock { device: name, detail });
             }
         };
         if len < current.device_size {
-            return Err(OpenError::Truncated {
-                device: name,
-                expected: current.device_size,
-                found: len,
-            });
+            return Err(OpenError::Truncated { device: name, expected: current.device_size, found: len });
         }
         Ok(current)
     }
@@ -276,10 +238,7 @@ impl Superblock {
     pub fn other_copy_problem(device: &dyn Device, current: &Superblock) -> Option<String> {
         let mut buf = vec![0u8; SUPERBLOCK_SIZE];
         let other = (current.sequence + 1) % 2;
-        if device
-            .read_at(&mut buf, other * SUPERBLOCK_SIZE as u64)
-            .is_err()
-        {
+        if device.read_at(&mut buf, other * SUPERBLOCK_SIZE as u64).is_err() {
             return Some("cannot be read".to_string());
         }
         match Self::decode(&buf) {
@@ -326,13 +285,10 @@ fn le8(b: &[u8]) -> [u8; 8] {
 
 fn random_uuid() -> [u8; 16] {
     let mut uuid = [0u8; 16];
-    let from_urandom =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut uuid));
+    let from_urandom = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut uuid));
     if from_urandom.is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         uuid.copy_from_slice(&(nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes());
     }
     uuid
@@ -377,24 +333,14 @@ mod tests {
     #[test]
     fn tells_blank_foreign_and_future_devices_apart() {
         let dev = MemDevice::new(1 << 20);
-        assert!(matches!(
-            Superblock::read(&dev),
-            Err(OpenError::Blank { .. })
-        ));
+        assert!(matches!(Superblock::read(&dev), Err(OpenError::Blank { .. })));
         dev.write_at(b"\x7fELF", 0).expect("write");
-        assert!(matches!(
-            Superblock::read(&dev),
-            Err(OpenError::NotLcfs { .. })
-        ));
+        assert!(matches!(Superblock::read(&dev), Err(OpenError::NotLcfs { .. })));
         let (dev, _) = formatted();
         for slot in 0..2u64 {
-            dev.write_at(&7u32.to_le_bytes(), slot * SUPERBLOCK_SIZE as u64 + 8)
-                .expect("write");
+            dev.write_at(&7u32.to_le_bytes(), slot * SUPERBLOCK_SIZE as u64 + 8).expect("write");
         }
-        assert!(matches!(
-            Superblock::read(&dev),
-            Err(OpenError::UnsupportedVersion { found: 7, .. })
-        ));
+        assert!(matches!(Superblock::read(&dev), Err(OpenError::UnsupportedVersion { found: 7, .. })));
     }
 
     #[test]
@@ -402,9 +348,6 @@ mod tests {
         let (dev, _) = formatted();
         let bytes = dev.to_bytes();
         let short = MemDevice::from_bytes(bytes[..32 << 20].to_vec());
-        assert!(matches!(
-            Superblock::read(&short),
-            Err(OpenError::Truncated { .. })
-        ));
+        assert!(matches!(Superblock::read(&short), Err(OpenError::Truncated { .. })));
     }
 }

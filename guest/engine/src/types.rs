@@ -109,10 +109,7 @@ impl Timestamp {
     }
 
     pub fn new(secs: i64, nsecs: u32) -> Timestamp {
-        Timestamp {
-            secs: secs + i64::from(nsecs / 1_000_000_000),
-            nsecs: nsecs % 1_000_000_000,
-        }
+        Timestamp { secs: secs + i64::from(nsecs / 1_000_000_000), nsecs: nsecs % 1_000_000_000 }
     }
 
     /// Nanoseconds since the epoch, saturating.
@@ -124,23 +121,14 @@ impl Timestamp {
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Timestamp {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp {
-                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                nsecs: d.subsec_nanos(),
-            },
+            Ok(d) => Timestamp { secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nsecs: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
                 let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
                 if d.subsec_nanos() == 0 {
-                    Timestamp {
-                        secs: -secs,
-                        nsecs: 0,
-                    }
+                    Timestamp { secs: -secs, nsecs: 0 }
                 } else {
-                    Timestamp {
-                        secs: -secs - 1,
-                        nsecs: 1_000_000_000 - d.subsec_nanos(),
-                    }
+                    Timestamp { secs: -secs - 1, nsecs: 1_000_000_000 - d.subsec_nanos() }
                 }
             }
         }
@@ -152,8 +140,7 @@ impl From<Timestamp> for SystemTime {
         if t.secs >= 0 {
             UNIX_EPOCH + Duration::new(t.secs.unsigned_abs(), t.nsecs)
         } else {
-            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
-                + Duration::from_nanos(u64::from(t.nsecs))
+            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsecs))
         }
     }
 }
@@ -220,36 +207,15 @@ pub struct NewNode {
 
 impl NewNode {
     pub fn file(perm: u16, uid: u32, gid: u32) -> NewNode {
-        NewNode {
-            kind: FileKind::Regular,
-            perm,
-            uid,
-            gid,
-            rdev: 0,
-            target: Vec::new(),
-        }
+        NewNode { kind: FileKind::Regular, perm, uid, gid, rdev: 0, target: Vec::new() }
     }
 
     pub fn dir(perm: u16, uid: u32, gid: u32) -> NewNode {
-        NewNode {
-            kind: FileKind::Directory,
-            perm,
-            uid,
-            gid,
-            rdev: 0,
-            target: Vec::new(),
-        }
+        NewNode { kind: FileKind::Directory, perm, uid, gid, rdev: 0, target: Vec::new() }
     }
 
     pub fn symlink(target: &[u8], uid: u32, gid: u32) -> NewNode {
-        NewNode {
-            kind: FileKind::Symlink,
-            perm: 0o777,
-            uid,
-            gid,
-            rdev: 0,
-            target: target.to_vec(),
-        }
+        NewNode { kind: FileKind::Symlink, perm: 0o777, uid, gid, rdev: 0, target: target.to_vec() }
     }
 }
 

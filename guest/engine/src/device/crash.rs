@@ -45,20 +45,13 @@ pub struct CrashDevice {
 impl CrashDevice {
     /// A zero-filled device of `len` bytes.
     pub fn new(len: u64) -> CrashDevice {
-        CrashDevice::from_bytes(vec![
-            0;
-            usize::try_from(len).expect("device fits in memory")
-        ])
+        CrashDevice::from_bytes(vec![0; usize::try_from(len).expect("device fits in memory")])
     }
 
     /// A device whose live and durable images both hold `bytes`.
     pub fn from_bytes(bytes: Vec<u8>) -> CrashDevice {
         CrashDevice {
-            images: Mutex::new(Images {
-                live: bytes.clone(),
-                durable: bytes,
-                pending: Vec::new(),
-            }),
+            images: Mutex::new(Images { live: bytes.clone(), durable: bytes, pending: Vec::new() }),
             writes_left: AtomicU64::new(u64::MAX),
             dead: AtomicBool::new(false),
         }
@@ -112,11 +105,7 @@ impl CrashDevice {
     }
 
     fn check_power(&self) -> io::Result<()> {
-        if self.dead.load(Ordering::SeqCst) {
-            Err(io::Error::other("simulated power loss"))
-        } else {
-            Ok(())
-        }
+        if self.dead.load(Ordering::SeqCst) { Err(io::Error::other("simulated power loss")) } else { Ok(()) }
     }
 }
 

@@ -48,10 +48,7 @@ impl FileDevice {
     }
 
     fn open_inner(path: &Path, create_size: Option<u64>) -> Result<FileDevice, FileDeviceError> {
-        let io_err = |source| FileDeviceError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io_err = |source| FileDeviceError::Io { path: path.display().to_string(), source };
         let mut options = OpenOptions::new();
         options.read(true).write(true);
         if create_size.is_some() {
@@ -61,16 +58,12 @@ impl FileDevice {
         let file_type = file.metadata().map_err(io_err)?.file_type();
         let is_block = file_type.is_block_device();
         if !is_block && !file_type.is_file() {
-            return Err(FileDeviceError::NotAFileOrBlockDevice {
-                path: path.display().to_string(),
-            });
+            return Err(FileDeviceError::NotAFileOrBlockDevice { path: path.display().to_string() });
         }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(FileDeviceError::Locked {
-                    path: path.display().to_string(),
-                });
+                return Err(FileDeviceError::Locked { path: path.display().to_string() });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
@@ -80,33 +73,20 @@ impl FileDevice {
         {
             file.set_len(size).map_err(io_err)?;
         }
-        Ok(FileDevice {
-            file,
-            path: path.to_path_buf(),
-            is_block,
-        })
+        Ok(FileDevice { file, path: path.to_path_buf(), is_block })
     }
 
     /// Opens a device for reading only, without locking it (used by fsck on a device that may
     /// be in use: it reads a consistent durable state regardless).
     pub fn open_read_only(path: &Path) -> Result<FileDevice, FileDeviceError> {
-        let io_err = |source| FileDeviceError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io_err = |source| FileDeviceError::Io { path: path.display().to_string(), source };
         let file = OpenOptions::new().read(true).open(path).map_err(io_err)?;
         let file_type = file.metadata().map_err(io_err)?.file_type();
         let is_block = file_type.is_block_device();
         if !is_block && !file_type.is_file() {
-            return Err(FileDeviceError::NotAFileOrBlockDevice {
-                path: path.display().to_string(),
-            });
+            return Err(FileDeviceError::NotAFileOrBlockDevice { path: path.display().to_string() });
         }
-        Ok(FileDevice {
-            file,
-            path: path.to_path_buf(),
-            is_block,
-        })
+        Ok(FileDevice { file, path: path.to_path_buf(), is_block })
     }
 
     /// Path the device was opened with.
@@ -128,10 +108,7 @@ impl Device for FileDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let len = self.len()?;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > len)
-        {
+        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
             return Err(out_of_range(offset, buf.len(), len));
         }
         self.file.write_all_at(buf, offset)
@@ -152,10 +129,7 @@ impl Device for FileDevice {
 
     fn grow(&self, len: u64) -> io::Result<()> {
         if self.is_block {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a block device cannot grow",
-            ));
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "a block device cannot grow"));
         }
         if len > self.len()? {
             self.file.set_len(len)?;
@@ -180,13 +154,9 @@ mod tests {
         let path = dir.path().join("dev.img");
         let dev = FileDevice::open_or_create(&path, 1 << 30).expect("create");
         assert_eq!(dev.len().expect("len"), 1 << 30);
-        let blocks =
-            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).expect("stat"));
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).expect("stat"));
         assert!(blocks < 64, "file should be sparse, has {blocks} blocks");
-        assert!(matches!(
-            FileDevice::open(&path),
-            Err(FileDeviceError::Locked { .. })
-        ));
+        assert!(matches!(FileDevice::open(&path), Err(FileDeviceError::Locked { .. })));
         drop(dev);
         FileDevice::open(&path).expect("reopen after the first closed");
     }

@@ -15,17 +15,12 @@ pub struct MemDevice {
 impl MemDevice {
     /// A zero-filled device of `len` bytes.
     pub fn new(len: u64) -> MemDevice {
-        MemDevice::from_bytes(vec![
-            0;
-            usize::try_from(len).expect("device fits in memory")
-        ])
+        MemDevice::from_bytes(vec![0; usize::try_from(len).expect("device fits in memory")])
     }
 
     /// A device holding exactly `bytes`.
     pub fn from_bytes(bytes: Vec<u8>) -> MemDevice {
-        MemDevice {
-            bytes: RwLock::new(bytes),
-        }
+        MemDevice { bytes: RwLock::new(bytes) }
     }
 
     /// A copy of the current contents.
@@ -72,13 +67,8 @@ impl Device for MemDevice {
 }
 
 /// The in-bounds index range of an access, or the error for an out-of-range one.
-pub(crate) fn span(
-    offset: u64,
-    len: usize,
-    device_len: usize,
-) -> io::Result<std::ops::Range<usize>> {
-    let start =
-        usize::try_from(offset).map_err(|_| out_of_range(offset, len, device_len as u64))?;
+pub(crate) fn span(offset: u64, len: usize, device_len: usize) -> io::Result<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(|_| out_of_range(offset, len, device_len as u64))?;
     match start.checked_add(len) {
         Some(end) if end <= device_len => Ok(start..end),
         _ => Err(out_of_range(offset, len, device_len as u64)),

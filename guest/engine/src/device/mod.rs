@@ -72,12 +72,7 @@ pub struct CountingDevice<D> {
 
 impl<D: Device> CountingDevice<D> {
     pub fn new(inner: D) -> Self {
-        CountingDevice {
-            inner,
-            written: AtomicU64::new(0),
-            read: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-        }
+        CountingDevice { inner, written: AtomicU64::new(0), read: AtomicU64::new(0), syncs: AtomicU64::new(0) }
     }
 
     /// Bytes written so far.
@@ -123,8 +118,6 @@ impl<D: Device> Device for CountingDevice<D> {
 pub(crate) fn out_of_range(offset: u64, len: usize, device_len: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
-        format!(
-            "access of {len} bytes at {offset} is beyond the end of the device ({device_len} bytes)"
-        ),
+        format!("access of {len} bytes at {offset} is beyond the end of the device ({device_len} bytes)"),
     )
 }

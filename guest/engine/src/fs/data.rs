@@ -85,36 +85,22 @@ impl WritePlan {
 }
 
 fn parse_extent(k: &[u8], v: &[u8]) -> Result<Extent> {
-    let (_, _, file_block) =
-        keys::parse_extent(k).ok_or_else(|| Error::Corrupt("malformed extent key".into()))?;
-    let (device_block, count) = keys::parse_extent_value(v)
-        .ok_or_else(|| Error::Corrupt("malformed extent value".into()))?;
+    let (_, _, file_block) = keys::parse_extent(k).ok_or_else(|| Error::Corrupt("malformed extent key".into()))?;
+    let (device_block, count) =
+        keys::parse_extent_value(v).ok_or_else(|| Error::Corrupt("malformed extent value".into()))?;
     if count == 0 {
         return Err(Error::Corrupt("an extent of zero blocks".into()));
     }
-    Ok(Extent {
-        file_block,
-        device_block,
-        count: u64::from(count),
-    })
+    Ok(Extent { file_block, device_block, count: u64::from(count) })
 }
 
 impl State {
     /// Extents of `owner`'s version of `ino` overlapping file blocks `[lo, hi)`, in order.
-    pub(crate) fn extents(
-        &self,
-        owner: LayerId,
-        ino: Ino,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<Extent>> {
+    pub(crate) fn extents(&self, owner: LayerId, ino: Ino, lo: u64, hi: u64) -> Result<Vec<Extent>> {
         let mut out = Vec::new();
         let first = keys::extent(owner, ino, 0);
         let at_lo = keys::extent(owner, ino, lo);
-        if let Some((k, v)) = self.store.last(
-            Table::Extents,
-            (Bound::Included(&first), Bound::Included(&at_lo)),
-        )? {
+        if let Some((k, v)) = self.store.last(Table::Extents, (Bound::Included(&first), Bound::Included(&at_lo)))? {
             let e = parse_extent(&k, &v)?;
             if e.end() > lo {
                 out.push(e);
@@ -136,25 +122,9 @@ impl State {
     }
 
     /// Where the bytes `[start, end)` of version `v` (seen by `l`) live.
-    pub(crate) fn map_range(
-        &self,
-        l: &LayerRef,
-        ino: Ino,
-        v: &Version,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<Segment>> {
+    pub(crate) fn map_range(&self, l: &LayerRef, ino: Ino, v: &Version, start: u64, end: u64) -> Result<Vec<Segment>> {
         let mut out = Vec::new();
-        self.map_version(
-            &l.path,
-            ino,
-            v.owner,
-            v.depth,
-            v.rec.inherit_limit,
-            start,
-            end,
-            &mut out,
-        )?;
+        self.map_version(&l.path, ino, v.owner, v.depth, v.rec.inherit_limit, start, end, &mut out)?;
         Ok(out)
     }
 
@@ -184,14 +154,7 @@ impl State {
                 self.map_inherited(path, ino, depth, inherit_limit, pos, s, out)?;
             }
             let device = (e.device_block != HOLE).then(|| e.device_block * BS + (s - es));
-            push(
-                out,
-                Segment {
-                    start: s,
-                    len: t - s,
-                    device,
-                },
-            );
+            push(out, Segment { start: s, len: t - s, device });
             pos = t;
         }
         if pos < end {
@@ -219,27 +182,11 @@ impl State {
             && let Some(older) = self.resolve_in(ino, &path[..depth as usize])?
             && !older.rec.is_dead()
         {
-            self.map_version(
-                path,
-                ino,
-                older.owner,
-                older.depth,
-                older.rec.inherit_limit,
-                pos,
-                limit,
-                out,
-            )?;
+            self.map_version(path, ino, older.owner, older.depth, older.rec.inherit_limit, pos, limit, out)?;
             pos = limit;
         }
         if pos < end {
-            push(
-                out,
-                Segment {
-                    start: pos,
-                    len: end - pos,
-                    device: None,
-                },
-            );
+            push(out, Segment { start: pos, len: end - pos, device: None });
         }
         Ok(())
     }
@@ -276,38 +223,22 @@ impl State {
 
     /// Plans a write: copies the inode up, finds the owned blocks to overwrite in place,
     /// allocates blocks for the rest and merges partial blocks with their current content.
-    pub(crate) fn plan_write(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<WritePlan> {
+    pub(crate) fn plan_write(&mut self, l: &LayerRef, ino: Ino, offset: u64, data: &[u8]) -> Result<WritePlan> {
         let v = self.live(l, ino)?;
         match v.rec.kind {
             FileKind::Regular => {}
             FileKind::Directory => return Err(Error::IsDirectory),
             _ => return Err(Error::InvalidArgument("not a regular file")),
         }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or(Error::FileTooLarge)?;
-        let mut plan = WritePlan {
-            pieces: Vec::new(),
-            new_runs: Vec::new(),
-            end,
-        };
+        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(Error::FileTooLarge)?;
+        let mut plan = WritePlan { pieces: Vec::new(), new_runs: Vec::new(), end };
         if data.is_empty() {
             return Ok(plan);
         }
         let (lo, hi) = (offset / BS, end.div_ceil(BS));
         // Blocks not covered by an owned (non-hole) extent need new space.
         let owned: Vec<Extent> = if v.owner == l.id {
-            self.extents(l.id, ino, lo, hi)?
-                .into_iter()
-                .filter(|e| e.device_block != HOLE)
-                .collect()
+            self.extents(l.id, ino, lo, hi)?.into_iter().filter(|e| e.device_block != HOLE).collect()
         } else {
             Vec::new()
         };
@@ -334,20 +265,13 @@ impl State {
         };
         let runs = self.alloc.allocate(want, hint).ok_or(Error::NoSpace)?;
         let rec = self.own(l, ino, v)?;
-        let v = Version {
-            owner: l.id,
-            depth: l.depth,
-            rec,
-        };
+        let v = Version { owner: l.id, depth: l.depth, rec };
 
         for e in &owned {
             let (s, t) = ((e.file_block * BS).max(offset), (e.end() * BS).min(end));
             if s < t {
                 let dev = e.device_block * BS + (s - e.file_block * BS);
-                plan.pieces.push((
-                    dev,
-                    Piece::Caller((s - offset) as usize..(t - offset) as usize),
-                ));
+                plan.pieces.push((dev, Piece::Caller((s - offset) as usize..(t - offset) as usize)));
             }
         }
         // Lay the allocated runs over the gaps in order.
@@ -357,16 +281,10 @@ impl State {
             while a < b {
                 let (dev, n) = match current.take() {
                     Some(r) => r,
-                    None => runs
-                        .next()
-                        .ok_or_else(|| Error::Corrupt("allocator returned too little".into()))?,
+                    None => runs.next().ok_or_else(|| Error::Corrupt("allocator returned too little".into()))?,
                 };
                 let take = n.min(b - a);
-                plan.new_runs.push(Extent {
-                    file_block: a,
-                    device_block: dev,
-                    count: take,
-                });
+                plan.new_runs.push(Extent { file_block: a, device_block: dev, count: take });
                 if n > take {
                     current = Some((dev + take, n - take));
                 }
@@ -407,8 +325,7 @@ impl State {
         }
         let full_end = if t < be { be - BS } else { be };
         if cur < full_end {
-            plan.pieces
-                .push((at(cur), Piece::Caller(src(cur, full_end))));
+            plan.pieces.push((at(cur), Piece::Caller(src(cur, full_end))));
             cur = full_end;
         }
         if t < be && cur < be {
@@ -421,13 +338,7 @@ impl State {
     }
 
     /// The bytes a block of the file shows now.
-    fn current_block(
-        &self,
-        l: &LayerRef,
-        ino: Ino,
-        v: &Version,
-        block_start: u64,
-    ) -> Result<Vec<u8>> {
+    fn current_block(&self, l: &LayerRef, ino: Ino, v: &Version, block_start: u64) -> Result<Vec<u8>> {
         let segments = self.map_range(l, ino, v, block_start, block_start + BS)?;
         let mut buf = vec![0u8; BS as usize];
         self.fill(&segments, block_start, &mut buf)?;
@@ -435,12 +346,7 @@ impl State {
     }
 
     /// Makes a carried-out write visible: new extents, size and times.
-    pub(crate) fn publish_write(
-        &mut self,
-        layer: LayerId,
-        ino: Ino,
-        plan: WritePlan,
-    ) -> Result<()> {
+    pub(crate) fn publish_write(&mut self, layer: LayerId, ino: Ino, plan: WritePlan) -> Result<()> {
         let l = self.layer(layer)?;
         let v = match self.resolve_in(ino, &l.path)? {
             Some(v) if v.owner == layer && !v.rec.is_dead() => v,
@@ -484,44 +390,17 @@ impl State {
     /// Replaces the layer's extents over file blocks `[fb, fb+count)` with one new extent
     /// (`Some(device block)`, `Some(HOLE)` for an explicit hole) or with nothing. Blocks that
     /// are no longer referenced are freed.
-    fn replace_extents(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        fb: u64,
-        count: u64,
-        new: Option<u64>,
-    ) -> Result<()> {
+    fn replace_extents(&mut self, l: &LayerRef, ino: Ino, fb: u64, count: u64, new: Option<u64>) -> Result<()> {
         let end = fb + count;
         for e in self.extents(l.id, ino, fb, end)? {
-            self.store
-                .delete(Table::Extents, keys::extent(l.id, ino, e.file_block));
+            self.store.delete(Table::Extents, keys::extent(l.id, ino, e.file_block));
             if e.file_block < fb {
-                self.put_extent(
-                    l.id,
-                    ino,
-                    Extent {
-                        count: fb - e.file_block,
-                        ..e
-                    },
-                );
+                self.put_extent(l.id, ino, Extent { count: fb - e.file_block, ..e });
             }
             if e.end() > end {
                 let skip = end - e.file_block;
-                let device_block = if e.device_block == HOLE {
-                    HOLE
-                } else {
-                    e.device_block + skip
-                };
-                self.put_extent(
-                    l.id,
-                    ino,
-                    Extent {
-                        file_block: end,
-                        device_block,
-                        count: e.end() - end,
-                    },
-                );
+                let device_block = if e.device_block == HOLE { HOLE } else { e.device_block + skip };
+                self.put_extent(l.id, ino, Extent { file_block: end, device_block, count: e.end() - end });
             }
             if e.device_block != HOLE {
                 let (a, b) = (e.file_block.max(fb), e.end().min(end));
@@ -530,15 +409,7 @@ impl State {
             }
         }
         if let Some(device_block) = new {
-            self.insert_extent(
-                l.id,
-                ino,
-                Extent {
-                    file_block: fb,
-                    device_block,
-                    count,
-                },
-            )?;
+            self.insert_extent(l.id, ino, Extent { file_block: fb, device_block, count })?;
         }
         Ok(())
     }
@@ -562,27 +433,16 @@ impl State {
             }
         };
         if e.file_block > 0
-            && let Some(prev) = self
-                .extents(layer, ino, e.file_block - 1, e.file_block)?
-                .first()
-                .copied()
+            && let Some(prev) = self.extents(layer, ino, e.file_block - 1, e.file_block)?.first().copied()
             && prev.end() == e.file_block
             && continues(&prev, e.device_block)
         {
-            e = Extent {
-                file_block: prev.file_block,
-                device_block: prev.device_block,
-                count: prev.count + e.count,
-            };
+            e = Extent { file_block: prev.file_block, device_block: prev.device_block, count: prev.count + e.count };
         }
-        if let Some(v) = self
-            .store
-            .get(Table::Extents, &keys::extent(layer, ino, e.end()))?
-        {
+        if let Some(v) = self.store.get(Table::Extents, &keys::extent(layer, ino, e.end()))? {
             let next = parse_extent(&keys::extent(layer, ino, e.end()), &v)?;
             if continues(&e, next.device_block) {
-                self.store
-                    .delete(Table::Extents, keys::extent(layer, ino, next.file_block));
+                self.store.delete(Table::Extents, keys::extent(layer, ino, next.file_block));
                 e.count += next.count;
             }
         }
@@ -592,9 +452,7 @@ impl State {
 
     /// Frees every extent of the layer's version of `ino`.
     pub(crate) fn drop_extents(&mut self, layer: LayerId, ino: Ino) -> Result<()> {
-        let rows = self
-            .store
-            .collect_prefix(Table::Extents, &keys::pair(layer.0, ino.0))?;
+        let rows = self.store.collect_prefix(Table::Extents, &keys::pair(layer.0, ino.0))?;
         for (k, v) in rows {
             let e = parse_extent(&k, &v)?;
             self.store.delete(Table::Extents, k);
@@ -607,26 +465,15 @@ impl State {
     }
 
     /// Sets the size of `l`'s own version `rec` of a regular file.
-    pub(crate) fn truncate(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        rec: &mut InodeRecord,
-        size: u64,
-    ) -> Result<()> {
+    pub(crate) fn truncate(&mut self, l: &LayerRef, ino: Ino, rec: &mut InodeRecord, size: u64) -> Result<()> {
         if size < rec.size {
             let keep = size.div_ceil(BS);
             self.replace_extents(l, ino, keep, MAX_BLOCKS - keep, None)?;
             if size % BS != 0 {
                 let block = size / BS;
-                if let Some(e) = self
-                    .extents(l.id, ino, block, block + 1)?
-                    .first()
-                    .filter(|e| e.device_block != HOLE)
-                {
+                if let Some(e) = self.extents(l.id, ino, block, block + 1)?.first().filter(|e| e.device_block != HOLE) {
                     let at = (e.device_block + (block - e.file_block)) * BS + size % BS;
-                    self.device
-                        .write_at(&vec![0u8; (BS - size % BS) as usize], at)?;
+                    self.device.write_at(&vec![0u8; (BS - size % BS) as usize], at)?;
                 }
             }
             rec.inherit_limit = rec.inherit_limit.min(size);
@@ -646,10 +493,7 @@ impl State {
         if len == 0 {
             return Err(Error::InvalidArgument("fallocate of an empty range"));
         }
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or(Error::FileTooLarge)?;
+        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE).ok_or(Error::FileTooLarge)?;
         let v = self.live(l, ino)?;
         match v.rec.kind {
             FileKind::Regular => {}
@@ -687,14 +531,7 @@ impl State {
 
     /// Gives zero-filled blocks to the parts of `[offset, end)` that read as zeros without
     /// owning space, so later writes there cannot run out of space.
-    fn allocate_zeroed(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        rec: &InodeRecord,
-        offset: u64,
-        end: u64,
-    ) -> Result<()> {
+    fn allocate_zeroed(&mut self, l: &LayerRef, ino: Ino, rec: &InodeRecord, offset: u64, end: u64) -> Result<()> {
         let (lo, hi) = (offset / BS, end.div_ceil(BS));
         // Blocks without an extent below the inherited end still show the older version's data
         // and keep it; the rest (and explicit holes) read zeros and get space.
@@ -730,8 +567,7 @@ impl State {
                 let mut written = 0;
                 while written < n * BS {
                     let chunk = (n * BS - written).min(zeros.len() as u64);
-                    self.device
-                        .write_at(&zeros[..chunk as usize], dev * BS + written)?;
+                    self.device.write_at(&zeros[..chunk as usize], dev * BS + written)?;
                     written += chunk;
                 }
                 self.replace_extents(l, ino, fb, n, Some(dev))?;
@@ -743,25 +579,14 @@ impl State {
     }
 
     /// Makes `[offset, end)` (clipped to the size) read as zeros, freeing whole blocks.
-    fn zero_range(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        rec: &mut InodeRecord,
-        offset: u64,
-        end: u64,
-    ) -> Result<()> {
+    fn zero_range(&mut self, l: &LayerRef, ino: Ino, rec: &mut InodeRecord, offset: u64, end: u64) -> Result<()> {
         let end = end.min(rec.size);
         if offset >= end {
             return Ok(());
         }
         let first_full = offset.div_ceil(BS);
         // Past the end of the file a partial last block counts as whole: its tail is zero.
-        let full_end = if end == rec.size {
-            end.div_ceil(BS)
-        } else {
-            end / BS
-        };
+        let full_end = if end == rec.size { end.div_ceil(BS) } else { end / BS };
         if first_full < full_end {
             self.replace_extents(l, ino, first_full, full_end - first_full, None)?;
             let inherited_end = rec.inherit_limit.div_ceil(BS).min(full_end);
@@ -769,11 +594,7 @@ impl State {
                 self.insert_extent(
                     l.id,
                     ino,
-                    Extent {
-                        file_block: first_full,
-                        device_block: HOLE,
-                        count: inherited_end - first_full,
-                    },
+                    Extent { file_block: first_full, device_block: HOLE, count: inherited_end - first_full },
                 )?;
             }
         }

@@ -29,8 +29,7 @@ pub(crate) struct Version {
 }
 
 fn decode(ino: Ino, owner: LayerId, bytes: &[u8]) -> Result<InodeRecord> {
-    InodeRecord::decode(bytes)
-        .map_err(|e| Error::Corrupt(format!("inode {ino} in layer {owner}: {e}")))
+    InodeRecord::decode(bytes).map_err(|e| Error::Corrupt(format!("inode {ino} in layer {owner}: {e}")))
 }
 
 impl State {
@@ -44,27 +43,20 @@ impl State {
         let lo = keys::inode(ino, 0, LayerId(0));
         loop {
             let hi = keys::inode(ino, top, LayerId(u64::MAX));
-            let Some((key, value)) = self
-                .store
-                .last(Table::Inodes, (Bound::Included(&lo), Bound::Included(&hi)))?
+            let Some((key, value)) = self.store.last(Table::Inodes, (Bound::Included(&lo), Bound::Included(&hi)))?
             else {
                 return Ok(None);
             };
-            let (_, depth, layer) = keys::parse_inode(&key)
-                .ok_or_else(|| Error::Corrupt("malformed inode key".into()))?;
+            let (_, depth, layer) =
+                keys::parse_inode(&key).ok_or_else(|| Error::Corrupt("malformed inode key".into()))?;
             let ancestor = path[depth as usize];
             let found = if layer == ancestor {
                 Some(value)
             } else {
-                self.store
-                    .get(Table::Inodes, &keys::inode(ino, depth, ancestor))?
+                self.store.get(Table::Inodes, &keys::inode(ino, depth, ancestor))?
             };
             if let Some(bytes) = found {
-                return Ok(Some(Version {
-                    owner: ancestor,
-                    depth,
-                    rec: decode(ino, ancestor, &bytes)?,
-                }));
+                return Ok(Some(Version { owner: ancestor, depth, rec: decode(ino, ancestor, &bytes)? }));
             }
             if depth == 0 {
                 return Ok(None);
@@ -90,36 +82,23 @@ impl State {
         }
         let mut rec = v.rec;
         // Data below the old size stays where it is until overwritten.
-        rec.inherit_limit = if rec.kind == FileKind::Regular {
-            rec.size
-        } else {
-            0
-        };
+        rec.inherit_limit = if rec.kind == FileKind::Regular { rec.size } else { 0 };
         if rec.kind == FileKind::Directory {
-            let entries = self
-                .store
-                .collect_prefix(Table::Dirents, &keys::pair(v.owner.0, ino.0))?;
+            let entries = self.store.collect_prefix(Table::Dirents, &keys::pair(v.owner.0, ino.0))?;
             for (k, value) in entries {
                 let name = &k[16..];
-                self.store
-                    .put(Table::Dirents, keys::dirent(l.id, ino, name), value);
+                self.store.put(Table::Dirents, keys::dirent(l.id, ino, name), value);
             }
         }
-        self.store
-            .put(Table::Inodes, keys::inode(ino, l.depth, l.id), rec.encode());
-        self.store.put(
-            Table::LayerInodes,
-            keys::layer_inode(l.id, ino),
-            vec![keys::OWN_COPIED],
-        );
+        self.store.put(Table::Inodes, keys::inode(ino, l.depth, l.id), rec.encode());
+        self.store.put(Table::LayerInodes, keys::layer_inode(l.id, ino), vec![keys::OWN_COPIED]);
         self.add_usage(l.id, 0, 1);
         Ok(rec)
     }
 
     /// Stores `l`'s version of `ino`.
     pub(crate) fn put_inode(&mut self, l: &LayerRef, ino: Ino, rec: &InodeRecord) {
-        self.store
-            .put(Table::Inodes, keys::inode(ino, l.depth, l.id), rec.encode());
+        self.store.put(Table::Inodes, keys::inode(ino, l.depth, l.id), rec.encode());
     }
 
     /// Attributes of a record as the world sees them.
@@ -130,9 +109,7 @@ impl State {
             rec.nlink()
         };
         let blocks = match rec.kind {
-            FileKind::Regular | FileKind::Symlink => {
-                rec.size.div_ceil(BLOCK_SIZE) * (BLOCK_SIZE / 512)
-            }
+            FileKind::Regular | FileKind::Symlink => rec.size.div_ceil(BLOCK_SIZE) * (BLOCK_SIZE / 512),
             FileKind::Directory => BLOCK_SIZE / 512,
             _ => 0,
         };
@@ -160,9 +137,7 @@ impl State {
                 FileKind::Regular => {}
                 FileKind::Directory => return Err(Error::IsDirectory),
                 _ => {
-                    return Err(Error::InvalidArgument(
-                        "only regular files can be truncated",
-                    ));
+                    return Err(Error::InvalidArgument("only regular files can be truncated"));
                 }
             }
         }
@@ -205,17 +180,11 @@ impl State {
 
     /// Called when the last name of `l`'s version `rec` of `ino` is gone: removes it, or keeps
     /// it as an orphan while it is open.
-    pub(crate) fn drop_inode(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        mut rec: InodeRecord,
-    ) -> Result<()> {
+    pub(crate) fn drop_inode(&mut self, l: &LayerRef, ino: Ino, mut rec: InodeRecord) -> Result<()> {
         rec.links.clear();
         if self.open.get(&(l.id, ino)).copied().unwrap_or(0) > 0 {
             self.put_inode(l, ino, &rec);
-            self.store
-                .put(Table::Orphans, keys::layer_inode(l.id, ino), Vec::new());
+            self.store.put(Table::Orphans, keys::layer_inode(l.id, ino), Vec::new());
             return Ok(());
         }
         self.finish_inode(l, ino, rec)
@@ -227,26 +196,18 @@ impl State {
         self.drop_extents(l.id, ino)?;
         if rec.kind == FileKind::Directory {
             for table in [Table::Dirents, Table::DirChanges] {
-                let rows = self
-                    .store
-                    .collect_prefix(table, &keys::pair(l.id.0, ino.0))?;
+                let rows = self.store.collect_prefix(table, &keys::pair(l.id.0, ino.0))?;
                 for (k, _) in rows {
                     self.store.delete(table, k);
                 }
             }
         }
-        self.store
-            .delete(Table::Orphans, keys::layer_inode(l.id, ino));
-        let created_here = self
-            .store
-            .get(Table::LayerInodes, &keys::layer_inode(l.id, ino))?
-            .as_deref()
-            == Some(&[keys::OWN_CREATED]);
+        self.store.delete(Table::Orphans, keys::layer_inode(l.id, ino));
+        let created_here =
+            self.store.get(Table::LayerInodes, &keys::layer_inode(l.id, ino))?.as_deref() == Some(&[keys::OWN_CREATED]);
         if created_here {
-            self.store
-                .delete(Table::Inodes, keys::inode(ino, l.depth, l.id));
-            self.store
-                .delete(Table::LayerInodes, keys::layer_inode(l.id, ino));
+            self.store.delete(Table::Inodes, keys::inode(ino, l.depth, l.id));
+            self.store.delete(Table::LayerInodes, keys::layer_inode(l.id, ino));
             self.add_usage(l.id, 0, -1);
         } else {
             rec.flags |= INODE_DEAD;
@@ -272,11 +233,7 @@ impl State {
         let Some(l) = self.layers.layer_ref(layer) else {
             return Ok(());
         };
-        if self
-            .store
-            .get(Table::Orphans, &keys::layer_inode(layer, ino))?
-            .is_none()
-        {
+        if self.store.get(Table::Orphans, &keys::layer_inode(layer, ino))?.is_none() {
             return Ok(());
         }
         let v = self.live(&l, ino)?;
@@ -288,15 +245,12 @@ impl State {
 
     /// Finishes inodes left nameless by a crash while they were open.
     pub(crate) fn finish_orphans(&mut self) -> Result<()> {
-        let orphans = self
-            .store
-            .collect(Table::Orphans, (Bound::Unbounded, Bound::Unbounded))?;
+        let orphans = self.store.collect(Table::Orphans, (Bound::Unbounded, Bound::Unbounded))?;
         if orphans.is_empty() {
             return Ok(());
         }
         for (k, _) in orphans {
-            let (layer, ino) = keys::parse_pair(&k)
-                .ok_or_else(|| Error::Corrupt("malformed orphan key".into()))?;
+            let (layer, ino) = keys::parse_pair(&k).ok_or_else(|| Error::Corrupt("malformed orphan key".into()))?;
             let Some(l) = self.layers.layer_ref(LayerId(layer)) else {
                 self.store.delete(Table::Orphans, k);
                 continue;

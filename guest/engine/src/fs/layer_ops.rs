@@ -9,9 +9,7 @@ use crate::error::{Error, Result};
 use crate::layers::LayerRef;
 use crate::records::{InodeRecord, LayerRecord};
 use crate::store::{Table, keys};
-use crate::types::{
-    Change, ChangeKind, FileKind, Ino, LayerId, LayerKind, ROOT_INO, Timestamp, Usage,
-};
+use crate::types::{Change, ChangeKind, FileKind, Ino, LayerId, LayerKind, ROOT_INO, Timestamp, Usage};
 
 use super::State;
 
@@ -25,16 +23,10 @@ fn check_layer_name(name: &str) -> Result<()> {
         return Err(Error::InvalidLayerName(name.to_string(), "it is empty"));
     }
     if name.len() > LAYER_NAME_MAX {
-        return Err(Error::InvalidLayerName(
-            name.chars().take(64).collect(),
-            "it is longer than 1024 bytes",
-        ));
+        return Err(Error::InvalidLayerName(name.chars().take(64).collect(), "it is longer than 1024 bytes"));
     }
     if name.contains('\0') {
-        return Err(Error::InvalidLayerName(
-            name.to_string(),
-            "it contains a NUL character",
-        ));
+        return Err(Error::InvalidLayerName(name.to_string(), "it contains a NUL character"));
     }
     Ok(())
 }
@@ -57,9 +49,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
 
 impl State {
     fn id_of(&self, name: &str) -> Result<LayerId> {
-        self.layers
-            .id_of(name)
-            .ok_or_else(|| Error::LayerNotFound(name.to_string()))
+        self.layers.id_of(name).ok_or_else(|| Error::LayerNotFound(name.to_string()))
     }
 
     pub(crate) fn create_layer(
@@ -72,9 +62,7 @@ impl State {
         check_layer_name(name)?;
         check_labels(&labels)?;
         if kind == LayerKind::Committed {
-            return Err(Error::InvalidArgument(
-                "layers are created writable or as views, then committed",
-            ));
+            return Err(Error::InvalidArgument("layers are created writable or as views, then committed"));
         }
         if self.layers.id_of(name).is_some() {
             return Err(Error::LayerExists(name.to_string()));
@@ -82,10 +70,7 @@ impl State {
         let (parent_id, depth) = match parent {
             None => (None, 0),
             Some(p) => {
-                let layer = self
-                    .layers
-                    .by_name(p)
-                    .ok_or_else(|| Error::LayerNotFound(p.to_string()))?;
+                let layer = self.layers.by_name(p).ok_or_else(|| Error::LayerNotFound(p.to_string()))?;
                 if layer.record.kind != LayerKind::Committed {
                     return Err(Error::LayerKind {
                         name: p.to_string(),
@@ -130,13 +115,8 @@ impl State {
                 target: Vec::new(),
                 xattrs: Default::default(),
             };
-            self.store
-                .put(Table::Inodes, keys::inode(ROOT_INO, 0, id), root.encode());
-            self.store.put(
-                Table::LayerInodes,
-                keys::layer_inode(id, ROOT_INO),
-                vec![keys::OWN_CREATED],
-            );
+            self.store.put(Table::Inodes, keys::inode(ROOT_INO, 0, id), root.encode());
+            self.store.put(Table::LayerInodes, keys::layer_inode(id, ROOT_INO), vec![keys::OWN_CREATED]);
             self.add_usage(id, 0, 1);
         }
         Ok(id)
@@ -153,11 +133,7 @@ impl State {
             check_labels(labels)?;
         }
         let id = self.id_of(key)?;
-        let kind = self
-            .layers
-            .get(id)
-            .map(|l| l.record.kind)
-            .unwrap_or(LayerKind::Committed);
+        let kind = self.layers.get(id).map(|l| l.record.kind).unwrap_or(LayerKind::Committed);
         if kind != LayerKind::Writable {
             return Err(Error::LayerKind {
                 name: key.to_string(),
@@ -189,19 +165,12 @@ impl State {
         let l = self.layer(id)?;
         let prefix = keys::layer(id);
         for (k, _) in self.store.collect_prefix(Table::LayerInodes, &prefix)? {
-            let (_, ino) = keys::parse_pair(&k)
-                .ok_or_else(|| Error::Corrupt("malformed layer inode key".into()))?;
-            self.store
-                .delete(Table::Inodes, keys::inode(Ino(ino), l.depth, id));
+            let (_, ino) = keys::parse_pair(&k).ok_or_else(|| Error::Corrupt("malformed layer inode key".into()))?;
+            self.store.delete(Table::Inodes, keys::inode(Ino(ino), l.depth, id));
             self.drop_extents(id, Ino(ino))?;
             self.store.delete(Table::LayerInodes, k);
         }
-        for table in [
-            Table::Dirents,
-            Table::DirChanges,
-            Table::Orphans,
-            Table::Extents,
-        ] {
+        for table in [Table::Dirents, Table::DirChanges, Table::Orphans, Table::Extents] {
             for (k, _) in self.store.collect_prefix(table, &prefix)? {
                 self.store.delete(table, k);
             }
@@ -212,11 +181,7 @@ impl State {
         Ok(id)
     }
 
-    pub(crate) fn set_labels(
-        &mut self,
-        name: &str,
-        labels: BTreeMap<String, String>,
-    ) -> Result<LayerId> {
+    pub(crate) fn set_labels(&mut self, name: &str, labels: BTreeMap<String, String>) -> Result<LayerId> {
         check_labels(&labels)?;
         let id = self.id_of(name)?;
         if let Some(layer) = self.layers.get_mut(id) {
@@ -233,10 +198,7 @@ impl State {
         let mut out: BTreeMap<Vec<u8>, ChangeKind> = BTreeMap::new();
         let Some(parent_path) = l.parent_path() else {
             self.walk_all(&l, &mut out)?;
-            return Ok(out
-                .into_iter()
-                .map(|(path, kind)| Change { path, kind })
-                .collect());
+            return Ok(out.into_iter().map(|(path, kind)| Change { path, kind }).collect());
         };
         let mut dir_paths: HashMap<Ino, Option<Vec<u8>>> = HashMap::new();
         let mut dir_path = |st: &State, dir: Ino| -> Result<Option<Vec<u8>>> {
@@ -256,12 +218,8 @@ impl State {
             p
         };
         // Names this layer added, removed or replaced.
-        for (k, _) in self
-            .store
-            .collect_prefix(Table::DirChanges, &keys::layer(id))?
-        {
-            let (_, dir, name) = keys::parse_dirent(&k)
-                .ok_or_else(|| Error::Corrupt("malformed change key".into()))?;
+        for (k, _) in self.store.collect_prefix(Table::DirChanges, &keys::layer(id))? {
+            let (_, dir, name) = keys::parse_dirent(&k).ok_or_else(|| Error::Corrupt("malformed change key".into()))?;
             let Some(path) = dir_path(self, dir)? else {
                 continue;
             };
@@ -284,15 +242,11 @@ impl State {
             out.insert(join(&path, name), kind);
         }
         // Inodes this layer copied up to change.
-        for (k, v) in self
-            .store
-            .collect_prefix(Table::LayerInodes, &keys::layer(id))?
-        {
+        for (k, v) in self.store.collect_prefix(Table::LayerInodes, &keys::layer(id))? {
             if v.as_slice() != [keys::OWN_COPIED] {
                 continue;
             }
-            let (_, ino) = keys::parse_pair(&k)
-                .ok_or_else(|| Error::Corrupt("malformed layer inode key".into()))?;
+            let (_, ino) = keys::parse_pair(&k).ok_or_else(|| Error::Corrupt("malformed layer inode key".into()))?;
             let ino = Ino(ino);
             let Some(v) = self.resolve_in(ino, &l.path)? else {
                 continue;
@@ -305,15 +259,11 @@ impl State {
             }
             for link in &v.rec.links {
                 if let Some(dir) = dir_path(self, link.parent)? {
-                    out.entry(join(&dir, &link.name))
-                        .or_insert(ChangeKind::Modified);
+                    out.entry(join(&dir, &link.name)).or_insert(ChangeKind::Modified);
                 }
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|(path, kind)| Change { path, kind })
-            .collect())
+        Ok(out.into_iter().map(|(path, kind)| Change { path, kind }).collect())
     }
 
     /// Every path of a layer without parent, as added.

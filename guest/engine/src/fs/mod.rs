@@ -34,13 +34,11 @@ use crate::error::{Error, OpenError, Result};
 use crate::layers::{LayerRef, Layers};
 use crate::records::LayerRecord;
 use crate::stats::{FileCounters, FileStats, LayerStats, Op};
-use crate::store::{
-    RegionBackend, ScratchBackend, SharedSuperblock, Store, Table, keys, lock_superblock,
-};
+use crate::store::{RegionBackend, ScratchBackend, SharedSuperblock, Store, Table, keys, lock_superblock};
 use crate::superblock::{BLOCK_SIZE, METADATA_OFFSET, Superblock};
 use crate::types::{
-    Attr, Change, DirEntry, FallocateMode, Ino, LayerId, LayerInfo, LayerKind, NewNode,
-    RenameFlags, SetAttr, StatFs, Usage, XattrMode,
+    Attr, Change, DirEntry, FallocateMode, Ino, LayerId, LayerInfo, LayerKind, NewNode, RenameFlags, SetAttr, StatFs,
+    Usage, XattrMode,
 };
 
 /// Meta table keys.
@@ -139,31 +137,18 @@ const INODE_LOCK_STRIPES: usize = 64;
 
 fn io_error(device: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> OpenError {
     let device = device.to_string();
-    move |source| OpenError::Io {
-        device,
-        what,
-        source,
-    }
+    move |source| OpenError::Io { device, what, source }
 }
 
 fn corrupt_metadata(device: &str, e: impl std::fmt::Display) -> OpenError {
-    OpenError::CorruptMetadata {
-        device: device.to_string(),
-        detail: e.to_string(),
-    }
+    OpenError::CorruptMetadata { device: device.to_string(), detail: e.to_string() }
 }
 
 /// Maps a failure of redb while opening to what it means for the user.
 fn open_store_error(device: &str, e: redb::Error) -> OpenError {
     match e {
-        redb::Error::DatabaseAlreadyOpen => OpenError::InUse {
-            device: device.to_string(),
-        },
-        redb::Error::Io(source) => OpenError::Io {
-            device: device.to_string(),
-            what: "reading metadata",
-            source,
-        },
+        redb::Error::DatabaseAlreadyOpen => OpenError::InUse { device: device.to_string() },
+        redb::Error::Io(source) => OpenError::Io { device: device.to_string(), what: "reading metadata", source },
         other => corrupt_metadata(device, other),
     }
 }
@@ -180,17 +165,11 @@ impl Engine {
             }
         }
         if let Some(size) = options.size {
-            device
-                .grow(size)
-                .map_err(io_error(&name, "growing the device"))?;
+            device.grow(size).map_err(io_error(&name, "growing the device"))?;
         }
-        let len = device
-            .len()
-            .map_err(io_error(&name, "reading the device size"))?;
+        let len = device.len().map_err(io_error(&name, "reading the device size"))?;
         let len = len / BLOCK_SIZE * BLOCK_SIZE;
-        let meta = options
-            .metadata_bytes
-            .unwrap_or((len / 8).clamp(16 << 20, 64 << 30));
+        let meta = options.metadata_bytes.unwrap_or((len / 8).clamp(16 << 20, 64 << 30));
         let meta = meta.div_ceil(1 << 20) << 20;
         if len < METADATA_OFFSET + meta + MIN_DATA_BYTES {
             return Err(OpenError::BadGeometry {
@@ -205,26 +184,14 @@ impl Engine {
         // The region may hold old bytes (a reused block device): zero whatever the store grows
         // into.
         sb.meta_high_water = sb.meta_capacity;
-        sb.write_next(device.as_ref())
-            .map_err(io_error(&name, "writing the superblock"))?;
-        sb.write_next(device.as_ref())
-            .map_err(io_error(&name, "writing the superblock"))?;
-        device
-            .sync()
-            .map_err(io_error(&name, "syncing the device"))?;
+        sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
+        sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
+        device.sync().map_err(io_error(&name, "syncing the device"))?;
         let sb = Arc::new(Mutex::new(sb));
-        let mut store = Store::create(RegionBackend::new(device.clone(), sb), 8 << 20)
-            .map_err(|e| open_store_error(&name, e))?;
-        store.put(
-            Table::Meta,
-            META_NEXT_INO.to_vec(),
-            2u64.to_be_bytes().to_vec(),
-        );
-        store.put(
-            Table::Meta,
-            META_NEXT_LAYER.to_vec(),
-            1u64.to_be_bytes().to_vec(),
-        );
+        let mut store =
+            Store::create(RegionBackend::new(device.clone(), sb), 8 << 20).map_err(|e| open_store_error(&name, e))?;
+        store.put(Table::Meta, META_NEXT_INO.to_vec(), 2u64.to_be_bytes().to_vec());
+        store.put(Table::Meta, META_NEXT_LAYER.to_vec(), 1u64.to_be_bytes().to_vec());
         store.flush(true).map_err(|e| corrupt_metadata(&name, e))?;
         info!(device = %name, bytes = len, metadata_bytes = meta, "formatted");
         Ok(())
@@ -241,30 +208,18 @@ impl Engine {
         if let Some(size) = options.grow_to {
             let size = size / BLOCK_SIZE * BLOCK_SIZE;
             if size > sb.device_size {
-                device
-                    .grow(size)
-                    .map_err(io_error(&name, "growing the device"))?;
+                device.grow(size).map_err(io_error(&name, "growing the device"))?;
                 sb.device_size = size;
-                sb.write_next(device.as_ref())
-                    .map_err(io_error(&name, "writing the superblock"))?;
-                device
-                    .sync()
-                    .map_err(io_error(&name, "syncing the device"))?;
+                sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
+                device.sync().map_err(io_error(&name, "syncing the device"))?;
                 info!(device = %name, bytes = size, "grew the device");
             }
         }
         let superblock = Arc::new(Mutex::new(sb));
-        let store = Store::open(
-            RegionBackend::new(device.clone(), superblock.clone()),
-            options.cache_bytes,
-            false,
-        )
-        .map_err(|e| open_store_error(&name, e))?;
-        let mut state = State::load(store, device.clone(), superblock)
-            .map_err(|e| corrupt_metadata(&name, e))?;
-        state
-            .finish_orphans()
-            .map_err(|e| corrupt_metadata(&name, e))?;
+        let store = Store::open(RegionBackend::new(device.clone(), superblock.clone()), options.cache_bytes, false)
+            .map_err(|e| open_store_error(&name, e))?;
+        let mut state = State::load(store, device.clone(), superblock).map_err(|e| corrupt_metadata(&name, e))?;
+        state.finish_orphans().map_err(|e| corrupt_metadata(&name, e))?;
         let shared = Arc::new(Shared {
             device,
             device_name: name,
@@ -325,9 +280,7 @@ impl Engine {
 
     fn inode_lock(&self, layer: LayerId, ino: Ino) -> MutexGuard<'_, ()> {
         let i = (ino.0 ^ layer.0.rotate_left(32)) as usize % INODE_LOCK_STRIPES;
-        self.shared.inode_locks[i]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shared.inode_locks[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops all further changes after an error that leaves memory and device out of step.
@@ -340,12 +293,7 @@ impl Engine {
     }
 
     /// Runs a read-only operation on a layer.
-    fn query<T>(
-        &self,
-        layer: LayerId,
-        op: Op,
-        f: impl FnOnce(&State, &LayerRef) -> Result<T>,
-    ) -> Result<T> {
+    fn query<T>(&self, layer: LayerId, op: Op, f: impl FnOnce(&State, &LayerRef) -> Result<T>) -> Result<T> {
         let st = self.read_state()?;
         let l = st.layer(layer)?;
         l.counters.op(op);
@@ -355,12 +303,7 @@ impl Engine {
     }
 
     /// Runs a change on a writable layer.
-    fn change<T>(
-        &self,
-        layer: LayerId,
-        op: Op,
-        f: impl FnOnce(&mut State, &LayerRef) -> Result<T>,
-    ) -> Result<T> {
+    fn change<T>(&self, layer: LayerId, op: Op, f: impl FnOnce(&mut State, &LayerRef) -> Result<T>) -> Result<T> {
         let mut st = self.write_state()?;
         let l = st.writable(layer)?;
         l.counters.op(op);
@@ -466,10 +409,7 @@ impl Engine {
     /// Describes a layer.
     pub fn layer(&self, name: &str) -> Result<LayerInfo> {
         let st = self.read_state()?;
-        let id = st
-            .layers
-            .id_of(name)
-            .ok_or_else(|| Error::LayerNotFound(name.to_string()))?;
+        let id = st.layers.id_of(name).ok_or_else(|| Error::LayerNotFound(name.to_string()))?;
         st.info(id)
     }
 
@@ -490,10 +430,7 @@ impl Engine {
     /// in time proportional to the changes.
     pub fn layer_changes(&self, name: &str) -> Result<Vec<Change>> {
         let st = self.read_state()?;
-        let id = st
-            .layers
-            .id_of(name)
-            .ok_or_else(|| Error::LayerNotFound(name.to_string()))?;
+        let id = st.layers.id_of(name).ok_or_else(|| Error::LayerNotFound(name.to_string()))?;
         let r = st.changes(id);
         drop(st);
         self.check_fatal(r)
@@ -510,11 +447,7 @@ impl Engine {
     }
 
     /// The most accessed files of a layer (of all layers with `None`).
-    pub fn hot_files(
-        &self,
-        layer: Option<LayerId>,
-        limit: usize,
-    ) -> Vec<(LayerId, Ino, FileStats)> {
+    pub fn hot_files(&self, layer: Option<LayerId>, limit: usize) -> Vec<(LayerId, Ino, FileStats)> {
         self.shared.files.top(layer, limit)
     }
 
@@ -527,9 +460,7 @@ impl Engine {
 
     /// Attributes of an inode.
     pub fn getattr(&self, layer: LayerId, ino: Ino) -> Result<Attr> {
-        self.query(layer, Op::GetAttr, |st, l| {
-            Ok(State::attr(ino, &st.live(l, ino)?.rec))
-        })
+        self.query(layer, Op::GetAttr, |st, l| Ok(State::attr(ino, &st.live(l, ino)?.rec)))
     }
 
     /// Changes attributes; a size change truncates or extends the file.
@@ -561,9 +492,7 @@ impl Engine {
 
     /// Adds a name for an existing non-directory.
     pub fn link(&self, layer: LayerId, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
-        self.change(layer, Op::Link, |st, l| {
-            st.link(l, ino, new_parent, new_name)
-        })
+        self.change(layer, Op::Link, |st, l| st.link(l, ino, new_parent, new_name))
     }
 
     /// Renames, replacing or exchanging with the target as `flags` say.
@@ -576,22 +505,12 @@ impl Engine {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        self.change(layer, Op::Rename, |st, l| {
-            st.rename(l, parent, name, new_parent, new_name, flags)
-        })
+        self.change(layer, Op::Rename, |st, l| st.rename(l, parent, name, new_parent, new_name, flags))
     }
 
     /// Entries of a directory after `after` (from the start with `None`), at most `limit`.
-    pub fn read_dir(
-        &self,
-        layer: LayerId,
-        dir: Ino,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<DirEntry>> {
-        self.query(layer, Op::ReadDir, |st, l| {
-            st.read_dir(l, dir, after, limit)
-        })
+    pub fn read_dir(&self, layer: LayerId, dir: Ino, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
+        self.query(layer, Op::ReadDir, |st, l| st.read_dir(l, dir, after, limit))
     }
 
     /// Target of a symbolic link.
@@ -640,9 +559,7 @@ impl Engine {
     /// owns are overwritten in place.
     pub fn write(&self, layer: LayerId, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         let _guard = self.inode_lock(layer, ino);
-        let plan = self.change(layer, Op::Write, |st, l| {
-            st.plan_write(l, ino, offset, data)
-        })?;
+        let plan = self.change(layer, Op::Write, |st, l| st.plan_write(l, ino, offset, data))?;
         let io = plan.perform(self.shared.device.as_ref(), data);
         let mut st = self.write_state()?;
         let r = match io {
@@ -667,18 +584,9 @@ impl Engine {
     }
 
     /// Allocates, punches or zeroes a range (`fallocate(2)`).
-    pub fn fallocate(
-        &self,
-        layer: LayerId,
-        ino: Ino,
-        offset: u64,
-        len: u64,
-        mode: FallocateMode,
-    ) -> Result<()> {
+    pub fn fallocate(&self, layer: LayerId, ino: Ino, offset: u64, len: u64, mode: FallocateMode) -> Result<()> {
         let _guard = self.inode_lock(layer, ino);
-        self.change(layer, Op::Write, |st, l| {
-            st.fallocate(l, ino, offset, len, mode)
-        })
+        self.change(layer, Op::Write, |st, l| st.fallocate(l, ino, offset, len, mode))
     }
 
     /// Value of an extended attribute.
@@ -692,17 +600,8 @@ impl Engine {
     }
 
     /// Sets an extended attribute.
-    pub fn set_xattr(
-        &self,
-        layer: LayerId,
-        ino: Ino,
-        name: &[u8],
-        value: &[u8],
-        mode: XattrMode,
-    ) -> Result<()> {
-        self.change(layer, Op::Xattr, |st, l| {
-            st.set_xattr(l, ino, name, value, mode)
-        })
+    pub fn set_xattr(&self, layer: LayerId, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        self.change(layer, Op::Xattr, |st, l| st.set_xattr(l, ino, name, value, mode))
     }
 
     /// Removes an extended attribute.
@@ -729,11 +628,7 @@ impl Engine {
 
 impl Shared {
     fn stop_checkpointer(&self) {
-        let taken = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let taken = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = taken {
             *c.stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
             c.stop.wake.notify_all();
@@ -751,55 +646,36 @@ impl Drop for Shared {
             return;
         }
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self
-            .device
-            .sync()
-            .map_err(Error::Io)
-            .and_then(|()| state.flush(true))
-        {
+        if let Err(e) = self.device.sync().map_err(Error::Io).and_then(|()| state.flush(true)) {
             error!(device = %self.device_name, error = %e, "final flush failed; changes since the last durable point are lost");
         }
     }
 }
 
 fn start_checkpointer(shared: &Arc<Shared>, interval: Duration) {
-    let stop = Arc::new(StopSignal {
-        stopped: Mutex::new(false),
-        wake: Condvar::new(),
-    });
+    let stop = Arc::new(StopSignal { stopped: Mutex::new(false), wake: Condvar::new() });
     let weak = Arc::downgrade(shared);
     let thread_stop = stop.clone();
-    let spawned = thread::Builder::new()
-        .name("lcfs-checkpoint".into())
-        .spawn(move || {
-            loop {
-                let stopped = thread_stop
-                    .stopped
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let (stopped, _) = thread_stop
-                    .wake
-                    .wait_timeout(stopped, interval)
-                    .unwrap_or_else(|e| e.into_inner());
-                if *stopped {
-                    return;
-                }
-                drop(stopped);
-                let Some(shared) = weak.upgrade() else { return };
-                let engine = Engine { shared };
-                if engine.is_dirty()
-                    && let Err(e) = engine.sync()
-                {
-                    warn!(error = %e, "checkpoint failed");
-                }
+    let spawned = thread::Builder::new().name("lcfs-checkpoint".into()).spawn(move || {
+        loop {
+            let stopped = thread_stop.stopped.lock().unwrap_or_else(|e| e.into_inner());
+            let (stopped, _) = thread_stop.wake.wait_timeout(stopped, interval).unwrap_or_else(|e| e.into_inner());
+            if *stopped {
+                return;
             }
-        });
+            drop(stopped);
+            let Some(shared) = weak.upgrade() else { return };
+            let engine = Engine { shared };
+            if engine.is_dirty()
+                && let Err(e) = engine.sync()
+            {
+                warn!(error = %e, "checkpoint failed");
+            }
+        }
+    });
     match spawned {
         Ok(handle) => {
-            *shared
-                .checkpointer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Checkpointer { handle, stop });
+            *shared.checkpointer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Checkpointer { handle, stop });
         }
         Err(e) => {
             error!(error = %e, "cannot start the checkpoint thread; changes become durable on sync only")
@@ -819,39 +695,24 @@ fn verify_metadata(device: &Arc<dyn Device>, sb: &Superblock) -> Result<(), Open
 
 impl State {
     /// Loads layers and derives free space from the extents.
-    pub(crate) fn load(
-        store: Store,
-        device: Arc<dyn Device>,
-        superblock: SharedSuperblock,
-    ) -> Result<State> {
+    pub(crate) fn load(store: Store, device: Arc<dyn Device>, superblock: SharedSuperblock) -> Result<State> {
         let read_counter = |key: &[u8]| -> Result<u64> {
-            let v = store.get(Table::Meta, key)?.ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "the meta table lacks {:?}",
-                    String::from_utf8_lossy(key)
-                ))
-            })?;
-            keys::be64(&v, 0)
-                .filter(|_| v.len() == 8)
-                .ok_or_else(|| Error::Corrupt("malformed counter".into()))
+            let v = store
+                .get(Table::Meta, key)?
+                .ok_or_else(|| Error::Corrupt(format!("the meta table lacks {:?}", String::from_utf8_lossy(key))))?;
+            keys::be64(&v, 0).filter(|_| v.len() == 8).ok_or_else(|| Error::Corrupt("malformed counter".into()))
         };
         let next_ino = read_counter(META_NEXT_INO)?;
         let next_layer = read_counter(META_NEXT_LAYER)?;
         let mut records = Vec::new();
-        store.scan(
-            Table::Layers,
-            (Bound::Unbounded, Bound::Unbounded),
-            crate::store::Dir::Forward,
-            |k, v| {
-                let id = keys::be64(k, 0)
-                    .filter(|_| k.len() == 8)
-                    .ok_or_else(|| Error::Corrupt("malformed layer key".into()))?;
-                let rec = LayerRecord::decode(v)
-                    .map_err(|e| Error::Corrupt(format!("layer {id}: {e}")))?;
-                records.push((LayerId(id), rec));
-                Ok(true)
-            },
-        )?;
+        store.scan(Table::Layers, (Bound::Unbounded, Bound::Unbounded), crate::store::Dir::Forward, |k, v| {
+            let id = keys::be64(k, 0)
+                .filter(|_| k.len() == 8)
+                .ok_or_else(|| Error::Corrupt("malformed layer key".into()))?;
+            let rec = LayerRecord::decode(v).map_err(|e| Error::Corrupt(format!("layer {id}: {e}")))?;
+            records.push((LayerId(id), rec));
+            Ok(true)
+        })?;
         let layers = Layers::load(records).map_err(|e| Error::Corrupt(e.to_string()))?;
         let (start, end) = lock_superblock(&superblock).data_blocks();
         let mut alloc = Allocator::new(start, end);
@@ -886,45 +747,27 @@ impl State {
 
     /// The layer with this id.
     pub(crate) fn layer(&self, id: LayerId) -> Result<LayerRef> {
-        self.layers
-            .layer_ref(id)
-            .ok_or_else(|| Error::LayerNotFound(format!("#{id}")))
+        self.layers.layer_ref(id).ok_or_else(|| Error::LayerNotFound(format!("#{id}")))
     }
 
     /// The layer with this id, which must accept changes.
     fn writable(&self, id: LayerId) -> Result<LayerRef> {
         let l = self.layer(id)?;
         if l.kind != LayerKind::Writable {
-            let name = self
-                .layers
-                .get(id)
-                .map(|x| x.record.name.clone())
-                .unwrap_or_default();
-            return Err(Error::LayerKind {
-                name,
-                kind: l.kind.as_str(),
-                needed: "it cannot be changed",
-            });
+            let name = self.layers.get(id).map(|x| x.record.name.clone()).unwrap_or_default();
+            return Err(Error::LayerKind { name, kind: l.kind.as_str(), needed: "it cannot be changed" });
         }
         Ok(l)
     }
 
     fn info(&self, id: LayerId) -> Result<LayerInfo> {
-        let layer = self
-            .layers
-            .get(id)
-            .ok_or_else(|| Error::LayerNotFound(format!("#{id}")))?;
+        let layer = self.layers.get(id).ok_or_else(|| Error::LayerNotFound(format!("#{id}")))?;
         Ok(self.layers.info(layer))
     }
 
     /// Writes what only lives in memory into the overlay, then the overlay into the store.
     pub(crate) fn flush(&mut self, durable: bool) -> Result<()> {
-        let dirty: Vec<LayerId> = self
-            .layers
-            .iter()
-            .filter(|l| l.dirty)
-            .map(|l| l.id)
-            .collect();
+        let dirty: Vec<LayerId> = self.layers.iter().filter(|l| l.dirty).map(|l| l.id).collect();
         for id in dirty {
             if let Some(layer) = self.layers.get_mut(id) {
                 layer.dirty = false;
@@ -933,19 +776,11 @@ impl State {
             }
         }
         if self.next_ino != self.next_ino_stored {
-            self.store.put(
-                Table::Meta,
-                META_NEXT_INO.to_vec(),
-                self.next_ino.to_be_bytes().to_vec(),
-            );
+            self.store.put(Table::Meta, META_NEXT_INO.to_vec(), self.next_ino.to_be_bytes().to_vec());
             self.next_ino_stored = self.next_ino;
         }
         if self.next_layer != self.next_layer_stored {
-            self.store.put(
-                Table::Meta,
-                META_NEXT_LAYER.to_vec(),
-                self.next_layer.to_be_bytes().to_vec(),
-            );
+            self.store.put(Table::Meta, META_NEXT_LAYER.to_vec(), self.next_layer.to_be_bytes().to_vec());
             self.next_layer_stored = self.next_layer;
         }
         if let Err(e) = self.store.flush(durable) {
@@ -960,11 +795,7 @@ impl State {
 
     /// Moves the overlay into the store when it holds more than `max` bytes.
     fn bound_overlay(&mut self, max: usize) -> Result<()> {
-        if self.store.overlay_bytes() > max {
-            self.flush(false)
-        } else {
-            Ok(())
-        }
+        if self.store.overlay_bytes() > max { self.flush(false) } else { Ok(()) }
     }
 
     /// Refuses operations that add metadata when the metadata region is nearly full.
@@ -984,11 +815,7 @@ impl State {
         // The store may have free pages inside; a durable flush lets it reuse them.
         self.flush(true)?;
         let used = lock_superblock(&self.superblock).meta_len;
-        if used + reserve > capacity {
-            Err(Error::NoMetadataSpace)
-        } else {
-            Ok(())
-        }
+        if used + reserve > capacity { Err(Error::NoMetadataSpace) } else { Ok(()) }
     }
 
     pub(crate) fn new_ino(&mut self) -> Ino {

@@ -8,9 +8,7 @@ use crate::error::{Error, Result};
 use crate::layers::LayerRef;
 use crate::records::{InodeRecord, Link};
 use crate::store::{Dir, Table, keys};
-use crate::types::{
-    Attr, DirEntry, FileKind, Ino, LayerId, NewNode, ROOT_INO, RenameFlags, Timestamp,
-};
+use crate::types::{Attr, DirEntry, FileKind, Ino, LayerId, NewNode, ROOT_INO, RenameFlags, Timestamp};
 
 use super::State;
 use super::inode::Version;
@@ -37,9 +35,7 @@ pub(crate) fn check_name(name: &[u8]) -> Result<()> {
         return Err(Error::InvalidName("contains a NUL byte"));
     }
     if name == b"." || name == b".." {
-        return Err(Error::InvalidName(
-            "'.' and '..' cannot be created or removed",
-        ));
+        return Err(Error::InvalidName("'.' and '..' cannot be created or removed"));
     }
     Ok(())
 }
@@ -64,23 +60,12 @@ impl State {
         self.entry_of(dir.v.owner, dir.ino, name)
     }
 
-    pub(crate) fn entry_of(
-        &self,
-        owner: LayerId,
-        dir: Ino,
-        name: &[u8],
-    ) -> Result<Option<(Ino, FileKind)>> {
-        match self
-            .store
-            .get(Table::Dirents, &keys::dirent(owner, dir, name))?
-        {
+    pub(crate) fn entry_of(&self, owner: LayerId, dir: Ino, name: &[u8]) -> Result<Option<(Ino, FileKind)>> {
+        match self.store.get(Table::Dirents, &keys::dirent(owner, dir, name))? {
             None => Ok(None),
-            Some(v) => keys::parse_dirent_value(&v).map(Some).ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "entry {:?} of directory {dir}",
-                    String::from_utf8_lossy(name)
-                ))
-            }),
+            Some(v) => keys::parse_dirent_value(&v)
+                .map(Some)
+                .ok_or_else(|| Error::Corrupt(format!("entry {:?} of directory {dir}", String::from_utf8_lossy(name)))),
         }
     }
 
@@ -96,20 +81,13 @@ impl State {
     }
 
     fn put_entry(&mut self, l: &LayerRef, dir: Ino, name: &[u8], ino: Ino, kind: FileKind) {
-        self.store.put(
-            Table::Dirents,
-            keys::dirent(l.id, dir, name),
-            keys::dirent_value(ino, kind),
-        );
-        self.store
-            .put(Table::DirChanges, keys::dirent(l.id, dir, name), Vec::new());
+        self.store.put(Table::Dirents, keys::dirent(l.id, dir, name), keys::dirent_value(ino, kind));
+        self.store.put(Table::DirChanges, keys::dirent(l.id, dir, name), Vec::new());
     }
 
     fn delete_entry(&mut self, l: &LayerRef, dir: Ino, name: &[u8]) {
-        self.store
-            .delete(Table::Dirents, keys::dirent(l.id, dir, name));
-        self.store
-            .put(Table::DirChanges, keys::dirent(l.id, dir, name), Vec::new());
+        self.store.delete(Table::Dirents, keys::dirent(l.id, dir, name));
+        self.store.put(Table::DirChanges, keys::dirent(l.id, dir, name), Vec::new());
     }
 
     pub(crate) fn lookup(&self, l: &LayerRef, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -144,11 +122,7 @@ impl State {
             perm: node.perm & 0o7777,
             uid: node.uid,
             gid: node.gid,
-            rdev: if matches!(node.kind, FileKind::CharDevice | FileKind::BlockDevice) {
-                node.rdev
-            } else {
-                0
-            },
+            rdev: if matches!(node.kind, FileKind::CharDevice | FileKind::BlockDevice) { node.rdev } else { 0 },
             size,
             inherit_limit: 0,
             atime: now,
@@ -166,36 +140,19 @@ impl State {
     fn insert_new(&mut self, l: &LayerRef, rec: &InodeRecord) -> Ino {
         let ino = self.new_ino();
         self.put_inode(l, ino, rec);
-        self.store.put(
-            Table::LayerInodes,
-            keys::layer_inode(l.id, ino),
-            vec![keys::OWN_CREATED],
-        );
+        self.store.put(Table::LayerInodes, keys::layer_inode(l.id, ino), vec![keys::OWN_CREATED]);
         self.add_usage(l.id, 0, 1);
         ino
     }
 
-    pub(crate) fn create(
-        &mut self,
-        l: &LayerRef,
-        parent: Ino,
-        name: &[u8],
-        node: &NewNode,
-    ) -> Result<Attr> {
+    pub(crate) fn create(&mut self, l: &LayerRef, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
         check_name(name)?;
         let dir = self.dir(l, parent)?;
         if self.entry(&dir, name)?.is_some() {
             return Err(Error::Exists);
         }
         let now = Timestamp::now();
-        let rec = Self::new_record(
-            node,
-            now,
-            vec![Link {
-                parent,
-                name: name.to_vec(),
-            }],
-        )?;
+        let rec = Self::new_record(node, now, vec![Link { parent, name: name.to_vec() }])?;
         let mut prec = self.own(l, parent, dir.v)?;
         let ino = self.insert_new(l, &rec);
         self.put_entry(l, parent, name, ino, node.kind);
@@ -208,23 +165,15 @@ impl State {
         Ok(State::attr(ino, &rec))
     }
 
-    pub(crate) fn create_unnamed(
-        &mut self,
-        l: &LayerRef,
-        dir: Ino,
-        node: &NewNode,
-    ) -> Result<Attr> {
+    pub(crate) fn create_unnamed(&mut self, l: &LayerRef, dir: Ino, node: &NewNode) -> Result<Attr> {
         self.dir(l, dir)?;
         if node.kind == FileKind::Directory {
-            return Err(Error::InvalidArgument(
-                "an unnamed file cannot be a directory",
-            ));
+            return Err(Error::InvalidArgument("an unnamed file cannot be a directory"));
         }
         let rec = Self::new_record(node, Timestamp::now(), Vec::new())?;
         let ino = self.insert_new(l, &rec);
         self.open.insert((l.id, ino), 1);
-        self.store
-            .put(Table::Orphans, keys::layer_inode(l.id, ino), Vec::new());
+        self.store.put(Table::Orphans, keys::layer_inode(l.id, ino), Vec::new());
         Ok(State::attr(ino, &rec))
     }
 
@@ -256,11 +205,7 @@ impl State {
         now: Timestamp,
     ) -> Result<()> {
         let mut rec = self.own(l, ino, v)?;
-        if let Some(i) = rec
-            .links
-            .iter()
-            .position(|k| k.parent == parent && k.name == name)
-        {
+        if let Some(i) = rec.links.iter().position(|k| k.parent == parent && k.name == name) {
             rec.links.remove(i);
         }
         rec.ctime = now;
@@ -280,10 +225,7 @@ impl State {
             return Err(Error::NotDirectory);
         }
         let target = self.target(l, parent, name, ino)?;
-        if self
-            .store
-            .any_prefix(Table::Dirents, &keys::pair(target.owner.0, ino.0))?
-        {
+        if self.store.any_prefix(Table::Dirents, &keys::pair(target.owner.0, ino.0))? {
             return Err(Error::NotEmpty);
         }
         let now = Timestamp::now();
@@ -296,19 +238,11 @@ impl State {
         self.remove_link(l, ino, target, parent, name, now)
     }
 
-    pub(crate) fn link(
-        &mut self,
-        l: &LayerRef,
-        ino: Ino,
-        new_parent: Ino,
-        new_name: &[u8],
-    ) -> Result<Attr> {
+    pub(crate) fn link(&mut self, l: &LayerRef, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
         check_name(new_name)?;
         let v = self.live(l, ino)?;
         if v.rec.kind == FileKind::Directory {
-            return Err(Error::NotPermitted(
-                "hard links to directories are not allowed",
-            ));
+            return Err(Error::NotPermitted("hard links to directories are not allowed"));
         }
         if v.rec.links.len() >= LINK_MAX {
             return Err(Error::TooManyLinks);
@@ -325,16 +259,12 @@ impl State {
         prec.ctime = now;
         self.put_inode(l, new_parent, &prec);
         let mut rec = self.own(l, ino, v)?;
-        rec.links.push(Link {
-            parent: new_parent,
-            name: new_name.to_vec(),
-        });
+        rec.links.push(Link { parent: new_parent, name: new_name.to_vec() });
         rec.ctime = now;
         self.put_inode(l, ino, &rec);
         if was_orphan {
             // An O_TMPFILE file got its name.
-            self.store
-                .delete(Table::Orphans, keys::layer_inode(l.id, ino));
+            self.store.delete(Table::Orphans, keys::layer_inode(l.id, ino));
         }
         Ok(State::attr(ino, &rec))
     }
@@ -355,10 +285,7 @@ impl State {
                 None => return Ok(false),
             }
         }
-        Err(Error::Corrupt(format!(
-            "directory {ino} has a cycle of parents in layer {}",
-            l.id
-        )))
+        Err(Error::Corrupt(format!("directory {ino} has a cycle of parents in layer {}", l.id)))
     }
 
     pub(crate) fn rename(
@@ -373,9 +300,7 @@ impl State {
         check_name(name)?;
         check_name(new_name)?;
         if flags.exchange && flags.no_replace {
-            return Err(Error::InvalidArgument(
-                "RENAME_EXCHANGE and RENAME_NOREPLACE exclude each other",
-            ));
+            return Err(Error::InvalidArgument("RENAME_EXCHANGE and RENAME_NOREPLACE exclude each other"));
         }
         let src_dir = self.dir(l, parent)?;
         let dst_dir = self.dir(l, new_parent)?;
@@ -383,11 +308,7 @@ impl State {
         let dst = self.entry(&dst_dir, new_name)?;
         if flags.exchange {
             let (dst, dst_kind) = dst.ok_or(Error::NotFound)?;
-            return self.exchange(
-                l,
-                (parent, name, src, src_kind),
-                (new_parent, new_name, dst, dst_kind),
-            );
+            return self.exchange(l, (parent, name, src, src_kind), (new_parent, new_name, dst, dst_kind));
         }
         if let Some((dst_ino, dst_kind)) = dst {
             if flags.no_replace {
@@ -397,18 +318,12 @@ impl State {
                 // Two names of one file: rename does nothing.
                 return Ok(());
             }
-            match (
-                src_kind == FileKind::Directory,
-                dst_kind == FileKind::Directory,
-            ) {
+            match (src_kind == FileKind::Directory, dst_kind == FileKind::Directory) {
                 (true, false) => return Err(Error::NotDirectory),
                 (false, true) => return Err(Error::IsDirectory),
                 (true, true) => {
                     let dv = self.target(l, new_parent, new_name, dst_ino)?;
-                    if self
-                        .store
-                        .any_prefix(Table::Dirents, &keys::pair(dv.owner.0, dst_ino.0))?
-                    {
+                    if self.store.any_prefix(Table::Dirents, &keys::pair(dv.owner.0, dst_ino.0))? {
                         return Err(Error::NotEmpty);
                     }
                 }
@@ -416,9 +331,7 @@ impl State {
             }
         }
         if src_kind == FileKind::Directory && self.is_within(l, new_parent, src)? {
-            return Err(Error::InvalidArgument(
-                "cannot move a directory beneath itself",
-            ));
+            return Err(Error::InvalidArgument("cannot move a directory beneath itself"));
         }
         let src_v = self.target(l, parent, name, src)?;
         let dst_v = match dst {
@@ -430,11 +343,7 @@ impl State {
         let now = Timestamp::now();
         let same_dir = parent == new_parent;
         let mut src_prec = self.own(l, parent, src_dir.v)?;
-        let mut dst_prec = if same_dir {
-            None
-        } else {
-            Some(self.own(l, new_parent, dst_dir.v)?)
-        };
+        let mut dst_prec = if same_dir { None } else { Some(self.own(l, new_parent, dst_dir.v)?) };
         self.delete_entry(l, parent, name);
         self.put_entry(l, new_parent, new_name, src, src_kind);
         let is_dir = src_kind == FileKind::Directory;
@@ -451,19 +360,12 @@ impl State {
             }
         }
         let mut rec = self.own(l, src, src_v)?;
-        match rec
-            .links
-            .iter_mut()
-            .find(|k| k.parent == parent && k.name == name)
-        {
+        match rec.links.iter_mut().find(|k| k.parent == parent && k.name == name) {
             Some(link) => {
                 link.parent = new_parent;
                 link.name = new_name.to_vec();
             }
-            None => rec.links.push(Link {
-                parent: new_parent,
-                name: new_name.to_vec(),
-            }),
+            None => rec.links.push(Link { parent: new_parent, name: new_name.to_vec() }),
         }
         rec.ctime = now;
         self.put_inode(l, src, &rec);
@@ -479,26 +381,17 @@ impl State {
     }
 
     /// `RENAME_EXCHANGE`: swaps two names atomically.
-    fn exchange(
-        &mut self,
-        l: &LayerRef,
-        a: (Ino, &[u8], Ino, FileKind),
-        b: (Ino, &[u8], Ino, FileKind),
-    ) -> Result<()> {
+    fn exchange(&mut self, l: &LayerRef, a: (Ino, &[u8], Ino, FileKind), b: (Ino, &[u8], Ino, FileKind)) -> Result<()> {
         let (pa, na, ia, ka) = a;
         let (pb, nb, ib, kb) = b;
         if ia == ib {
             return Ok(());
         }
         if ka == FileKind::Directory && self.is_within(l, pb, ia)? {
-            return Err(Error::InvalidArgument(
-                "cannot move a directory beneath itself",
-            ));
+            return Err(Error::InvalidArgument("cannot move a directory beneath itself"));
         }
         if kb == FileKind::Directory && self.is_within(l, pa, ib)? {
-            return Err(Error::InvalidArgument(
-                "cannot move a directory beneath itself",
-            ));
+            return Err(Error::InvalidArgument("cannot move a directory beneath itself"));
         }
         let va = self.target(l, pa, na, ia)?;
         let vb = self.target(l, pb, nb, ib)?;
@@ -520,11 +413,7 @@ impl State {
         }
         for (ino, v, from, to) in [(ia, va, (pa, na), (pb, nb)), (ib, vb, (pb, nb), (pa, na))] {
             let mut rec = self.own(l, ino, v)?;
-            if let Some(link) = rec
-                .links
-                .iter_mut()
-                .find(|k| k.parent == from.0 && k.name == from.1)
-            {
+            if let Some(link) = rec.links.iter_mut().find(|k| k.parent == from.0 && k.name == from.1) {
                 link.parent = to.0;
                 link.name = to.1.to_vec();
             }
@@ -542,13 +431,7 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn read_dir(
-        &self,
-        l: &LayerRef,
-        dir: Ino,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<DirEntry>> {
+    pub(crate) fn read_dir(&self, l: &LayerRef, dir: Ino, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
         let view = self.dir(l, dir)?;
         let prefix = keys::pair(view.v.owner.0, dir.0);
         let mut out = Vec::new();
@@ -556,28 +439,19 @@ impl State {
             if out.len() >= limit {
                 return Ok(false);
             }
-            let (ino, kind) = keys::parse_dirent_value(v)
-                .ok_or_else(|| Error::Corrupt(format!("an entry of directory {dir}")))?;
-            out.push(DirEntry {
-                name: k[16..].to_vec(),
-                ino,
-                kind,
-            });
+            let (ino, kind) =
+                keys::parse_dirent_value(v).ok_or_else(|| Error::Corrupt(format!("an entry of directory {dir}")))?;
+            out.push(DirEntry { name: k[16..].to_vec(), ino, kind });
             Ok(true)
         };
         match after {
-            None => self
-                .store
-                .scan_prefix(Table::Dirents, &prefix, Dir::Forward, visit)?,
+            None => self.store.scan_prefix(Table::Dirents, &prefix, Dir::Forward, visit)?,
             Some(after) => {
                 let from = keys::dirent(view.v.owner, dir, after);
                 let (_, hi) = keys::prefix_range(&prefix);
                 self.store.scan(
                     Table::Dirents,
-                    (
-                        std::ops::Bound::Excluded(&from),
-                        hi.as_ref().map(Vec::as_slice),
-                    ),
+                    (std::ops::Bound::Excluded(&from), hi.as_ref().map(Vec::as_slice)),
                     Dir::Forward,
                     visit,
                 )?
@@ -623,8 +497,6 @@ impl State {
             parts.push(link.name.clone());
             ino = link.parent;
         }
-        Err(Error::Corrupt(format!(
-            "directory {dir} has a cycle of parents"
-        )))
+        Err(Error::Corrupt(format!("directory {dir} has a cycle of parents")))
     }
 }

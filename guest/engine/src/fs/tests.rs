@@ -9,10 +9,7 @@ use crate::types::*;
 use crate::{Engine, Error, FormatOptions, OpenOptions};
 
 fn options() -> OpenOptions {
-    OpenOptions {
-        checkpoint_interval: None,
-        ..OpenOptions::default()
-    }
+    OpenOptions { checkpoint_interval: None, ..OpenOptions::default() }
 }
 
 fn engine_on(device: Arc<dyn Device>) -> Engine {
@@ -25,15 +22,11 @@ fn engine() -> Engine {
 }
 
 fn layer(e: &Engine, name: &str, parent: Option<&str>) -> LayerId {
-    e.create_layer(name, parent, LayerKind::Writable, BTreeMap::new())
-        .expect("create layer")
-        .id
+    e.create_layer(name, parent, LayerKind::Writable, BTreeMap::new()).expect("create layer").id
 }
 
 fn file(e: &Engine, l: LayerId, dir: Ino, name: &str, data: &[u8]) -> Ino {
-    let a = e
-        .create(l, dir, name.as_bytes(), &NewNode::file(0o644, 0, 0))
-        .expect("create");
+    let a = e.create(l, dir, name.as_bytes(), &NewNode::file(0o644, 0, 0)).expect("create");
     e.write(l, a.ino, 0, data).expect("write");
     a.ino
 }
@@ -47,10 +40,7 @@ fn read_all(e: &Engine, l: LayerId, ino: Ino) -> Vec<u8> {
 fn a_child_sees_its_parent_until_it_changes_things() {
     let e = engine();
     let base = layer(&e, "base", None);
-    let etc = e
-        .create(base, ROOT_INO, b"etc", &NewNode::dir(0o755, 0, 0))
-        .expect("mkdir")
-        .ino;
+    let etc = e.create(base, ROOT_INO, b"etc", &NewNode::dir(0o755, 0, 0)).expect("mkdir").ino;
     let passwd = file(&e, base, etc, "passwd", b"root:x:0:0\n");
     e.commit_layer("base", "base@1", None).expect("commit");
     let c = layer(&e, "c1", Some("base@1"));
@@ -58,18 +48,11 @@ fn a_child_sees_its_parent_until_it_changes_things() {
     assert_eq!(read_all(&e, c, passwd), b"root:x:0:0\n");
     e.write(c, passwd, 0, b"ROOT").expect("write");
     assert_eq!(read_all(&e, c, passwd), b"ROOT:x:0:0\n");
-    assert_eq!(
-        read_all(&e, base, passwd),
-        b"root:x:0:0\n",
-        "the parent must not change"
-    );
+    assert_eq!(read_all(&e, base, passwd), b"root:x:0:0\n", "the parent must not change");
     e.unlink(c, etc, b"passwd").expect("unlink");
     assert!(matches!(e.lookup(c, etc, b"passwd"), Err(Error::NotFound)));
     assert!(e.lookup(base, etc, b"passwd").is_ok());
-    assert!(matches!(
-        e.write(base, passwd, 0, b"x"),
-        Err(Error::LayerKind { .. })
-    ));
+    assert!(matches!(e.write(base, passwd, 0, b"x"), Err(Error::LayerKind { .. })));
 }
 
 #[test]
@@ -83,8 +66,7 @@ fn overwriting_a_block_of_an_inherited_file_writes_about_one_block() {
     let c = layer(&e, "c", Some("base@1"));
     e.sync().expect("sync");
     let before = device.bytes_written();
-    e.write(c, ino, 4096 * 100 + 10, &[7u8; 100])
-        .expect("write");
+    e.write(c, ino, 4096 * 100 + 10, &[7u8; 100]).expect("write");
     let data_written = device.bytes_written() - before;
     assert_eq!(data_written, 4096, "one block copied on write");
     let mut expected = big.clone();
@@ -98,15 +80,11 @@ fn overwriting_a_block_of_an_inherited_file_writes_about_one_block() {
 fn sequential_writes_stay_in_one_extent_and_reads_cross_versions() {
     let e = engine();
     let base = layer(&e, "base", None);
-    let ino = e
-        .create(base, ROOT_INO, b"f", &NewNode::file(0o644, 0, 0))
-        .expect("create")
-        .ino;
+    let ino = e.create(base, ROOT_INO, b"f", &NewNode::file(0o644, 0, 0)).expect("create").ino;
     let mut expected = Vec::new();
     for i in 0..64u32 {
         let chunk = vec![i as u8; 5000];
-        e.write(base, ino, expected.len() as u64, &chunk)
-            .expect("write");
+        e.write(base, ino, expected.len() as u64, &chunk).expect("write");
         expected.extend_from_slice(&chunk);
     }
     assert!(read_all(&e, base, ino) == expected);
@@ -123,10 +101,7 @@ fn truncate_then_extend_reads_zeros_in_own_and_inherited_blocks() {
     e.commit_layer("base", "b1", None).expect("commit");
     let c = layer(&e, "c", Some("b1"));
     e.write(c, ino, 0, &[2u8; 100]).expect("write");
-    let set = |size| SetAttr {
-        size: Some(size),
-        ..Default::default()
-    };
+    let set = |size| SetAttr { size: Some(size), ..Default::default() };
     e.setattr(c, ino, &set(50)).expect("truncate");
     e.setattr(c, ino, &set(9000)).expect("extend");
     let data = read_all(&e, c, ino);
@@ -142,21 +117,13 @@ fn punching_a_hole_in_inherited_data_reads_zeros_and_keeps_the_rest() {
     let ino = file(&e, base, ROOT_INO, "f", &[9u8; 5 * 4096]);
     e.commit_layer("base", "b1", None).expect("commit");
     let c = layer(&e, "c", Some("b1"));
-    e.fallocate(c, ino, 1000, 3 * 4096, FallocateMode::PunchHole)
-        .expect("punch");
+    e.fallocate(c, ino, 1000, 3 * 4096, FallocateMode::PunchHole).expect("punch");
     let data = read_all(&e, c, ino);
     assert_eq!(data.len(), 5 * 4096);
     assert!(data[..1000].iter().all(|&b| b == 9));
     assert!(data[1000..1000 + 3 * 4096].iter().all(|&b| b == 0));
     assert!(data[1000 + 3 * 4096..].iter().all(|&b| b == 9));
-    e.fallocate(
-        c,
-        ino,
-        0,
-        8 * 4096,
-        FallocateMode::Allocate { keep_size: false },
-    )
-    .expect("allocate");
+    e.fallocate(c, ino, 0, 8 * 4096, FallocateMode::Allocate { keep_size: false }).expect("allocate");
     assert_eq!(e.getattr(c, ino).expect("attr").size, 8 * 4096);
     let data = read_all(&e, c, ino);
     assert!(data[5 * 4096..].iter().all(|&b| b == 0));
@@ -188,57 +155,25 @@ fn hard_links_count_right_across_layers() {
 fn rename_covers_replace_exchange_and_directories() {
     let e = engine();
     let l = layer(&e, "l", None);
-    let d1 = e
-        .create(l, ROOT_INO, b"d1", &NewNode::dir(0o755, 0, 0))
-        .expect("mkdir")
-        .ino;
-    let d2 = e
-        .create(l, ROOT_INO, b"d2", &NewNode::dir(0o755, 0, 0))
-        .expect("mkdir")
-        .ino;
+    let d1 = e.create(l, ROOT_INO, b"d1", &NewNode::dir(0o755, 0, 0)).expect("mkdir").ino;
+    let d2 = e.create(l, ROOT_INO, b"d2", &NewNode::dir(0o755, 0, 0)).expect("mkdir").ino;
     let f = file(&e, l, d1, "f", b"1");
     let g = file(&e, l, d2, "g", b"2");
-    e.rename(l, d1, b"f", d2, b"g", RenameFlags::default())
-        .expect("replace");
+    e.rename(l, d1, b"f", d2, b"g", RenameFlags::default()).expect("replace");
     assert_eq!(e.lookup(l, d2, b"g").expect("lookup").ino, f);
     assert!(matches!(e.getattr(l, g), Err(Error::Stale(_))));
-    assert!(matches!(
-        e.rename(l, ROOT_INO, b"d1", d1, b"x", RenameFlags::default()),
-        Err(Error::InvalidArgument(_))
-    ));
-    e.rename(l, ROOT_INO, b"d2", d1, b"d2", RenameFlags::default())
-        .expect("move dir");
+    assert!(matches!(e.rename(l, ROOT_INO, b"d1", d1, b"x", RenameFlags::default()), Err(Error::InvalidArgument(_))));
+    e.rename(l, ROOT_INO, b"d2", d1, b"d2", RenameFlags::default()).expect("move dir");
     assert_eq!(e.getattr(l, ROOT_INO).expect("attr").nlink, 3);
     assert_eq!(e.getattr(l, d1).expect("attr").nlink, 3);
     let h = file(&e, l, ROOT_INO, "h", b"3");
-    e.rename(
-        l,
-        ROOT_INO,
-        b"h",
-        d1,
-        b"d2",
-        RenameFlags {
-            exchange: true,
-            no_replace: false,
-        },
-    )
-    .expect("exchange");
+    e.rename(l, ROOT_INO, b"h", d1, b"d2", RenameFlags { exchange: true, no_replace: false }).expect("exchange");
     assert_eq!(e.lookup(l, ROOT_INO, b"h").expect("lookup").ino, d2);
     assert_eq!(e.lookup(l, d1, b"d2").expect("lookup").ino, h);
     assert_eq!(e.getattr(l, d1).expect("attr").nlink, 2);
     assert_eq!(e.getattr(l, ROOT_INO).expect("attr").nlink, 4);
     assert!(matches!(
-        e.rename(
-            l,
-            ROOT_INO,
-            b"h",
-            ROOT_INO,
-            b"d1",
-            RenameFlags {
-                no_replace: true,
-                exchange: false
-            }
-        ),
+        e.rename(l, ROOT_INO, b"h", ROOT_INO, b"d1", RenameFlags { no_replace: true, exchange: false }),
         Err(Error::Exists)
     ));
 }
@@ -249,19 +184,10 @@ fn names_are_checked_as_linux_checks_them() {
     let l = layer(&e, "l", None);
     let long = vec![b'a'; 256];
     let node = NewNode::file(0o644, 0, 0);
-    assert!(matches!(
-        e.create(l, ROOT_INO, &long, &node),
-        Err(Error::NameTooLong(256))
-    ));
+    assert!(matches!(e.create(l, ROOT_INO, &long, &node), Err(Error::NameTooLong(256))));
     assert!(e.create(l, ROOT_INO, &long[..255], &node).is_ok());
-    assert!(matches!(
-        e.create(l, ROOT_INO, b"a/b", &node),
-        Err(Error::InvalidName(_))
-    ));
-    assert!(matches!(
-        e.create(l, ROOT_INO, b"a\0b", &node),
-        Err(Error::InvalidName(_))
-    ));
+    assert!(matches!(e.create(l, ROOT_INO, b"a/b", &node), Err(Error::InvalidName(_))));
+    assert!(matches!(e.create(l, ROOT_INO, b"a\0b", &node), Err(Error::InvalidName(_))));
     assert_eq!(Error::NameTooLong(256).errno(), libc::ENAMETOOLONG);
 }
 
@@ -279,10 +205,7 @@ fn removing_a_layer_frees_exactly_what_it_owns() {
     e.sync().expect("sync");
     assert_eq!(free0 - e.statfs().expect("statfs").blocks_free, 48);
     assert_eq!(e.layer("c").expect("info").usage.bytes, 48 * 4096);
-    assert!(matches!(
-        e.remove_layer("b1"),
-        Err(Error::LayerHasChildren(_))
-    ));
+    assert!(matches!(e.remove_layer("b1"), Err(Error::LayerHasChildren(_))));
     e.remove_layer("c").expect("remove");
     assert_eq!(e.statfs().expect("statfs").blocks_free, free0);
     assert_eq!(read_all(&e, LayerId(1), ino), vec![1u8; 1 << 20]);
@@ -292,27 +215,19 @@ fn removing_a_layer_frees_exactly_what_it_owns() {
 fn changes_list_what_a_layer_did() {
     let e = engine();
     let base = layer(&e, "base", None);
-    let etc = e
-        .create(base, ROOT_INO, b"etc", &NewNode::dir(0o755, 0, 0))
-        .expect("mkdir")
-        .ino;
+    let etc = e.create(base, ROOT_INO, b"etc", &NewNode::dir(0o755, 0, 0)).expect("mkdir").ino;
     let a = file(&e, base, etc, "a", b"a");
     file(&e, base, etc, "b", b"b");
     file(&e, base, ROOT_INO, "c", b"c");
     e.commit_layer("base", "b1", None).expect("commit");
     let names = |ch: Vec<Change>| {
-        ch.into_iter()
-            .map(|c| (String::from_utf8_lossy(&c.path).into_owned(), c.kind))
-            .collect::<Vec<_>>()
+        ch.into_iter().map(|c| (String::from_utf8_lossy(&c.path).into_owned(), c.kind)).collect::<Vec<_>>()
     };
     assert_eq!(names(e.layer_changes("b1").expect("changes")).len(), 5);
     let c = layer(&e, "c", Some("b1"));
     e.write(c, a, 0, b"A").expect("write");
     e.unlink(c, etc, b"b").expect("unlink");
-    let d = e
-        .create(c, ROOT_INO, b"d", &NewNode::dir(0o700, 0, 0))
-        .expect("mkdir")
-        .ino;
+    let d = e.create(c, ROOT_INO, b"d", &NewNode::dir(0o700, 0, 0)).expect("mkdir").ino;
     file(&e, c, d, "e", b"e");
     assert_eq!(
         names(e.layer_changes("c").expect("changes")),
@@ -333,20 +248,13 @@ fn state_survives_reopen_and_unsynced_changes_reach_the_store_on_close() {
     let e = engine_on(device.clone());
     let base = layer(&e, "base", None);
     let ino = file(&e, base, ROOT_INO, "f", b"durable");
-    e.set_xattr(base, ino, b"user.k", b"v", XattrMode::Upsert)
-        .expect("xattr");
+    e.set_xattr(base, ino, b"user.k", b"v", XattrMode::Upsert).expect("xattr");
     e.close().expect("close");
     let e = Engine::open(device, &options()).expect("reopen");
     let base = e.layer("base").expect("layer").id;
     assert_eq!(read_all(&e, base, ino), b"durable");
     assert_eq!(e.get_xattr(base, ino, b"user.k").expect("xattr"), b"v");
-    assert!(
-        e.create(base, ROOT_INO, b"g", &NewNode::file(0o644, 0, 0))
-            .expect("create")
-            .ino
-            .0
-            > ino.0
-    );
+    assert!(e.create(base, ROOT_INO, b"g", &NewNode::file(0o644, 0, 0)).expect("create").ino.0 > ino.0);
 }
 
 #[test]
@@ -360,10 +268,7 @@ fn an_unlinked_open_file_lives_until_released() {
     assert_eq!(e.getattr(l, ino).expect("attr").nlink, 0);
     e.release_file(l, ino).expect("release");
     assert!(matches!(e.getattr(l, ino), Err(Error::Stale(_))));
-    let tmp = e
-        .create_unnamed(l, ROOT_INO, &NewNode::file(0o600, 0, 0))
-        .expect("tmpfile")
-        .ino;
+    let tmp = e.create_unnamed(l, ROOT_INO, &NewNode::file(0o600, 0, 0)).expect("tmpfile").ino;
     e.write(l, tmp, 0, b"tmp").expect("write");
     e.link(l, tmp, ROOT_INO, b"named").expect("link");
     e.release_file(l, tmp).expect("release");
@@ -379,38 +284,20 @@ fn layers_only_grow_from_committed_parents_and_views_are_read_only() {
         Err(Error::LayerKind { .. })
     ));
     e.commit_layer("w", "c", None).expect("commit");
-    let v = e
-        .create_layer("v", Some("c"), LayerKind::View, BTreeMap::new())
-        .expect("view")
-        .id;
-    assert!(matches!(
-        e.create(v, ROOT_INO, b"f", &NewNode::file(0o644, 0, 0)),
-        Err(Error::LayerKind { .. })
-    ));
-    assert!(matches!(
-        e.commit_layer("v", "v2", None),
-        Err(Error::LayerKind { .. })
-    ));
-    assert!(matches!(
-        e.create_layer("c", None, LayerKind::Writable, BTreeMap::new()),
-        Err(Error::LayerExists(_))
-    ));
+    let v = e.create_layer("v", Some("c"), LayerKind::View, BTreeMap::new()).expect("view").id;
+    assert!(matches!(e.create(v, ROOT_INO, b"f", &NewNode::file(0o644, 0, 0)), Err(Error::LayerKind { .. })));
+    assert!(matches!(e.commit_layer("v", "v2", None), Err(Error::LayerKind { .. })));
+    assert!(matches!(e.create_layer("c", None, LayerKind::Writable, BTreeMap::new()), Err(Error::LayerExists(_))));
     let mut big = BTreeMap::new();
     big.insert("k".to_string(), "v".repeat(5000));
-    assert!(matches!(
-        e.set_layer_labels("c", big),
-        Err(Error::InvalidLabel(_))
-    ));
+    assert!(matches!(e.set_layer_labels("c", big), Err(Error::InvalidLabel(_))));
 }
 
 #[test]
 fn a_full_device_says_enospc_and_recovers_when_space_is_freed() {
     let e = engine_on(Arc::new(MemDevice::new(64 << 20)));
     let l = layer(&e, "l", None);
-    let ino = e
-        .create(l, ROOT_INO, b"f", &NewNode::file(0o644, 0, 0))
-        .expect("create")
-        .ino;
+    let ino = e.create(l, ROOT_INO, b"f", &NewNode::file(0o644, 0, 0)).expect("create").ino;
     let chunk = vec![1u8; 1 << 20];
     let mut written = 0u64;
     loop {
@@ -421,15 +308,7 @@ fn a_full_device_says_enospc_and_recovers_when_space_is_freed() {
         }
     }
     assert!(written > 10 << 20);
-    e.setattr(
-        l,
-        ino,
-        &SetAttr {
-            size: Some(0),
-            ..Default::default()
-        },
-    )
-    .expect("truncate");
+    e.setattr(l, ino, &SetAttr { size: Some(0), ..Default::default() }).expect("truncate");
     e.sync().expect("sync");
     e.write(l, ino, 0, &chunk).expect("space is back");
 }

@@ -29,12 +29,7 @@ fn check_name(name: &[u8]) -> Result<()> {
 impl State {
     pub(crate) fn get_xattr(&self, l: &LayerRef, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         check_name(name)?;
-        self.live(l, ino)?
-            .rec
-            .xattrs
-            .get(name)
-            .cloned()
-            .ok_or(Error::NoAttribute)
+        self.live(l, ino)?.rec.xattrs.get(name).cloned().ok_or(Error::NoAttribute)
     }
 
     pub(crate) fn list_xattr(&self, l: &LayerRef, ino: Ino) -> Result<Vec<Vec<u8>>> {
@@ -60,15 +55,10 @@ impl State {
             XattrMode::Replace if !exists => return Err(Error::NoAttribute),
             _ => {}
         }
-        let total: usize = v
-            .rec
-            .xattrs
-            .iter()
-            .filter(|(k, _)| k.as_slice() != name)
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-            + name.len()
-            + value.len();
+        let total: usize =
+            v.rec.xattrs.iter().filter(|(k, _)| k.as_slice() != name).map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + name.len()
+                + value.len();
         if total > XATTR_TOTAL_MAX {
             return Err(Error::NoSpace);
         }

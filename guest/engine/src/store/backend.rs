@@ -56,10 +56,7 @@ impl StorageBackend for RegionBackend {
             let sb = lock_superblock(&self.superblock);
             (sb.meta_offset, sb.meta_len)
         };
-        if offset
-            .checked_add(out.len() as u64)
-            .is_none_or(|end| end > len)
-        {
+        if offset.checked_add(out.len() as u64).is_none_or(|end| end > len) {
             return Err(beyond(offset, out.len(), len));
         }
         self.device.read_at(out, base + offset)
@@ -70,10 +67,7 @@ impl StorageBackend for RegionBackend {
         if len > sb.meta_capacity {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
-                format!(
-                    "metadata region is full ({} bytes; {len} requested)",
-                    sb.meta_capacity
-                ),
+                format!("metadata region is full ({} bytes; {len} requested)", sb.meta_capacity),
             ));
         }
         if len > sb.meta_len {
@@ -102,10 +96,7 @@ impl StorageBackend for RegionBackend {
             let sb = lock_superblock(&self.superblock);
             (sb.meta_offset, sb.meta_len)
         };
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|end| end > len)
-        {
+        if offset.checked_add(data.len() as u64).is_none_or(|end| end > len) {
             return Err(beyond(offset, data.len(), len));
         }
         self.device.write_at(data, base + offset)
@@ -167,10 +158,7 @@ impl StorageBackend for ScratchBackend {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let s = self.lock();
-        if offset
-            .checked_add(out.len() as u64)
-            .is_none_or(|end| end > s.len)
-        {
+        if offset.checked_add(out.len() as u64).is_none_or(|end| end > s.len) {
             return Err(beyond(offset, out.len(), s.len));
         }
         let mut page_buf = [0u8; PAGE as usize];
@@ -211,10 +199,7 @@ impl StorageBackend for ScratchBackend {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut s = self.lock();
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|end| end > s.len)
-        {
+        if offset.checked_add(data.len() as u64).is_none_or(|end| end > s.len) {
             return Err(beyond(offset, data.len(), s.len));
         }
         let mut done = 0usize;
@@ -276,10 +261,7 @@ mod tests {
         let mut out = vec![1u8; 100];
         region.read(5000, &mut out).expect("read");
         assert_eq!(out, vec![0u8; 100]);
-        assert!(
-            region.set_len(5 << 20).is_err(),
-            "growth past capacity must fail"
-        );
+        assert!(region.set_len(5 << 20).is_err(), "growth past capacity must fail");
         assert_eq!(lock_superblock(&sb).meta_high_water, 8192);
     }
 }

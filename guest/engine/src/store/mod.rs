@@ -17,10 +17,7 @@ pub(crate) use backend::{RegionBackend, ScratchBackend, SharedSuperblock, lock_s
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, StorageBackend,
-    TableDefinition,
-};
+use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, StorageBackend, TableDefinition};
 
 use crate::error::Result;
 
@@ -105,18 +102,14 @@ pub(crate) struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("overlay_bytes", &self.overlay_bytes)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("overlay_bytes", &self.overlay_bytes).finish_non_exhaustive()
     }
 }
 
 impl Store {
     /// Creates an empty store (all tables) on `backend`, durably.
     pub fn create(backend: impl StorageBackend, cache_bytes: usize) -> Result<Store, redb::Error> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create_with_backend(backend)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend)?;
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         for def in DEFS {
@@ -128,11 +121,7 @@ impl Store {
 
     /// Opens the store on `backend`. With `check`, redb verifies the checksum of every page of
     /// every tree first (and rebuilds its allocator state); a corrupt store fails to open.
-    pub fn open(
-        backend: impl StorageBackend,
-        cache_bytes: usize,
-        check: bool,
-    ) -> Result<Store, redb::Error> {
+    pub fn open(backend: impl StorageBackend, cache_bytes: usize, check: bool) -> Result<Store, redb::Error> {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .set_check_integrity_on_open(check)
@@ -142,12 +131,7 @@ impl Store {
 
     fn from_db(db: Database) -> Result<Store, redb::Error> {
         let snapshot = Self::snapshot(&db)?;
-        Ok(Store {
-            db,
-            snapshot,
-            overlay: vec![BTreeMap::new(); TABLE_COUNT],
-            overlay_bytes: 0,
-        })
+        Ok(Store { db, snapshot, overlay: vec![BTreeMap::new(); TABLE_COUNT], overlay_bytes: 0 })
     }
 
     fn snapshot(db: &Database) -> Result<Snapshot, redb::Error> {
@@ -173,9 +157,7 @@ impl Store {
         if let Some(v) = self.overlay[table as usize].get(key) {
             return Ok(v.clone());
         }
-        Ok(self.snapshot.tables[table as usize]
-            .get(key)?
-            .map(|g| g.value().to_vec()))
+        Ok(self.snapshot.tables[table as usize].get(key)?.map(|g| g.value().to_vec()))
     }
 
     pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
@@ -245,11 +227,7 @@ impl Store {
     }
 
     /// Collects the rows of `range`.
-    pub fn collect(
-        &self,
-        table: Table,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn collect(&self, table: Table, range: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut rows = Vec::new();
         self.scan(table, range, Dir::Forward, |k, v| {
             rows.push((k.to_vec(), v.to_vec()));
@@ -267,15 +245,7 @@ impl Store {
         visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let (lo, hi) = keys::prefix_range(prefix);
-        self.scan(
-            table,
-            (
-                lo.as_ref().map(Vec::as_slice),
-                hi.as_ref().map(Vec::as_slice),
-            ),
-            dir,
-            visit,
-        )
+        self.scan(table, (lo.as_ref().map(Vec::as_slice), hi.as_ref().map(Vec::as_slice)), dir, visit)
     }
 
     /// Collects the rows whose key starts with `prefix`.
@@ -299,11 +269,7 @@ impl Store {
     }
 
     /// The last row of `range`.
-    pub fn last(
-        &self,
-        table: Table,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn last(&self, table: Table, range: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut row = None;
         self.scan(table, range, Dir::Backward, |k, v| {
             row = Some((k.to_vec(), v.to_vec()));
@@ -320,11 +286,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.db.begin_write()?;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
+        tx.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         for (i, overlay) in self.overlay.iter().enumerate() {
             if overlay.is_empty() {
                 continue;
@@ -375,15 +337,10 @@ mod tests {
 
     fn keys(s: &Store, dir: Dir) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        s.scan(
-            Table::Meta,
-            (Bound::Unbounded, Bound::Unbounded),
-            dir,
-            |k, _| {
-                out.push(k.to_vec());
-                Ok(true)
-            },
-        )
+        s.scan(Table::Meta, (Bound::Unbounded, Bound::Unbounded), dir, |k, _| {
+            out.push(k.to_vec());
+            Ok(true)
+        })
         .expect("scan");
         out
     }
@@ -406,9 +363,7 @@ mod tests {
         assert_eq!(rev, fwd);
         assert_eq!(s.get(Table::Meta, &[7]).expect("get"), Some(vec![70]));
         assert_eq!(s.get(Table::Meta, &[5]).expect("get"), None);
-        let last = s
-            .last(Table::Meta, (Bound::Unbounded, Bound::Excluded(&[7u8][..])))
-            .expect("last");
+        let last = s.last(Table::Meta, (Bound::Unbounded, Bound::Excluded(&[7u8][..]))).expect("last");
         assert_eq!(last.map(|r| r.0), Some(vec![4]));
         s.flush(true).expect("flush");
         assert!(!s.is_dirty());
