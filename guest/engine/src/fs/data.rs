@@ -223,13 +223,22 @@ impl State {
 
     /// Plans a write: copies the inode up, finds the owned blocks to overwrite in place,
     /// allocates blocks for the rest and merges partial blocks with their current content.
-    pub(crate) fn plan_write(&mut self, l: &LayerRef, ino: Ino, offset: u64, data: &[u8]) -> Result<WritePlan> {
-        let v = self.live(l, ino)?;
-        match v.rec.kind {
-            FileKind::Regular => {}
-            FileKind::Directory => return Err(Error::IsDirectory),
-            _ => return Err(Error::InvalidArgument("not a regular file")),
+    /// Fails unless `ino` is a regular file `l` may write.
+    pub(crate) fn check_writable_file(&self, l: &LayerRef, ino: Ino) -> Result<()> {
+        if l.kind != crate::types::LayerKind::Writable {
+            let name = self.layers.get(l.id).map(|x| x.record.name.clone()).unwrap_or_default();
+            return Err(Error::LayerKind { name, kind: l.kind.as_str(), needed: "it cannot be changed" });
         }
+        match self.live(l, ino)?.rec.kind {
+            FileKind::Regular => Ok(()),
+            FileKind::Directory => Err(Error::IsDirectory),
+            _ => Err(Error::InvalidArgument("not a regular file")),
+        }
+    }
+
+    pub(crate) fn plan_write(&mut self, l: &LayerRef, ino: Ino, offset: u64, data: &[u8]) -> Result<WritePlan> {
+        self.check_writable_file(l, ino)?;
+        let v = self.live(l, ino)?;
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_SIZE).ok_or(Error::FileTooLarge)?;
         let mut plan = WritePlan { pieces: Vec::new(), new_runs: Vec::new(), end };
         if data.is_empty() {

@@ -122,16 +122,9 @@ impl State {
         Ok(id)
     }
 
-    pub(crate) fn commit_layer(
-        &mut self,
-        key: &str,
-        name: &str,
-        labels: Option<BTreeMap<String, String>>,
-    ) -> Result<LayerId> {
+    /// Checks that `key` can be committed as `name`.
+    pub(crate) fn check_commit(&self, key: &str, name: &str) -> Result<LayerId> {
         check_layer_name(name)?;
-        if let Some(labels) = &labels {
-            check_labels(labels)?;
-        }
         let id = self.id_of(key)?;
         let kind = self.layers.get(id).map(|l| l.record.kind).unwrap_or(LayerKind::Committed);
         if kind != LayerKind::Writable {
@@ -144,6 +137,19 @@ impl State {
         if self.layers.id_of(name).is_some() {
             return Err(Error::LayerExists(name.to_string()));
         }
+        Ok(id)
+    }
+
+    pub(crate) fn commit_layer(
+        &mut self,
+        key: &str,
+        name: &str,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Result<LayerId> {
+        if let Some(labels) = &labels {
+            check_labels(labels)?;
+        }
+        let id = self.check_commit(key, name)?;
         self.layers.rename(id, name.to_string());
         if let Some(layer) = self.layers.get_mut(id) {
             layer.record.kind = LayerKind::Committed;

@@ -16,6 +16,8 @@ mod layer_ops;
 mod namespace;
 mod xattr;
 
+pub(crate) use namespace::check_name;
+
 #[cfg(test)]
 mod tests;
 
@@ -367,6 +369,9 @@ impl Engine {
         name: &str,
         labels: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<LayerInfo> {
+        // Refuse before anything is written, then push the layer's data to the medium outside
+        // the lock so the commit under the lock has little left to sync.
+        self.read_state()?.check_commit(key, name)?;
         let pre = self.shared.device.sync().map_err(Error::Io);
         self.check_fatal(pre)?;
         let mut st = self.write_state()?;
@@ -558,6 +563,10 @@ impl Engine {
     /// Writes `data` at `offset`. Blocks the layer inherited are copied on write; blocks it
     /// owns are overwritten in place.
     pub fn write(&self, layer: LayerId, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            // Nothing to write changes nothing, not even times; only errors are reported.
+            return self.query(layer, Op::Write, |st, l| st.check_writable_file(l, ino)).map(|()| 0);
+        }
         let _guard = self.inode_lock(layer, ino);
         let plan = self.change(layer, Op::Write, |st, l| st.plan_write(l, ino, offset, data))?;
         let io = plan.perform(self.shared.device.as_ref(), data);

@@ -129,6 +129,22 @@ impl Store {
         Self::from_db(db)
     }
 
+    /// Like [`Store::open`], calling `on_repair` if the store needs recovery (it was not
+    /// closed cleanly).
+    pub fn open_with_repair_hook(
+        backend: impl StorageBackend,
+        cache_bytes: usize,
+        check: bool,
+        on_repair: impl Fn() + 'static,
+    ) -> Result<Store, redb::Error> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .set_check_integrity_on_open(check)
+            .set_repair_callback(move |_| on_repair())
+            .create_with_backend(backend)?;
+        Self::from_db(db)
+    }
+
     fn from_db(db: Database) -> Result<Store, redb::Error> {
         let snapshot = Self::snapshot(&db)?;
         Ok(Store { db, snapshot, overlay: vec![BTreeMap::new(); TABLE_COUNT], overlay_bytes: 0 })
