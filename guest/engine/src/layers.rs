@@ -37,6 +37,7 @@ pub(crate) struct LayerRef {
 
 impl LayerRef {
     /// Whether `layer` at `depth` is this layer or one of its ancestors.
+    #[cfg(test)]
     pub fn sees(&self, layer: LayerId, depth: u32) -> bool {
         self.path.get(depth as usize) == Some(&layer)
     }
@@ -147,10 +148,6 @@ impl Layers {
 
     pub fn iter(&self) -> impl Iterator<Item = &Layer> {
         self.by_id.values()
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_id.len()
     }
 
     pub fn layer_ref(&self, id: LayerId) -> Option<LayerRef> {

@@ -137,7 +137,7 @@ impl Superblock {
 
     /// Internal consistency of the geometry.
     fn check(&self) -> Result<(), String> {
-        if self.meta_offset < 2 * SUPERBLOCK_SIZE as u64 || self.meta_offset % BLOCK_SIZE != 0 {
+        if self.meta_offset < 2 * SUPERBLOCK_SIZE as u64 || !self.meta_offset.is_multiple_of(BLOCK_SIZE) {
             return Err(format!("metadata region offset {} is invalid", self.meta_offset));
         }
         if self.meta_len > self.meta_capacity || self.meta_high_water > self.meta_capacity {
@@ -149,7 +149,7 @@ impl Superblock {
         if self.meta_offset.checked_add(self.meta_capacity) != Some(self.data_offset) {
             return Err("data region does not follow the metadata region".to_string());
         }
-        if self.data_offset % BLOCK_SIZE != 0 || self.data_offset > self.device_size {
+        if !self.data_offset.is_multiple_of(BLOCK_SIZE) || self.data_offset > self.device_size {
             return Err(format!("data region offset {} is invalid", self.data_offset));
         }
         Ok(())

@@ -79,7 +79,7 @@ fn power_cut_case(seed: u64, mode_of: impl Fn(u64) -> CrashMode) -> Result<bool,
     let format = FormatOptions { metadata_bytes: Some(16 << 20), ..FormatOptions::default() };
     Engine::format(&dyn_device, &format).map_err(|e| e.to_string())?;
     // Small overlay limits in some cases push non-durable commits through the store.
-    let max_dirty = if seed % 3 == 0 { 16 << 10 } else { 64 << 20 };
+    let max_dirty = if seed.is_multiple_of(3) { 16 << 10 } else { 64 << 20 };
     let engine = Engine::open(dyn_device.clone(), &options(max_dirty)).map_err(|e| e.to_string())?;
     let mut generator = Generator::new(seed);
     let mut model = Model::default();

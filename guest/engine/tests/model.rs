@@ -42,11 +42,10 @@ fn run_sequence(seed: u64, ops: u64) {
             eprintln!("  -> {want}");
         }
         assert_eq!(got, want, "seed {seed} step {step}: {op:?}: engine errno {got}, model errno {want}");
-        if step % 10 == 9 {
-            if let Err(e) = compare(&engine, &model) {
+        if step % 10 == 9
+            && let Err(e) = compare(&engine, &model) {
                 panic!("seed {seed} after step {step} ({op:?}): {e}");
             }
-        }
         if generator_roll(seed, step) {
             engine.close().expect("close");
             engine = open(&device);

@@ -80,7 +80,7 @@ impl CrashDevice {
             let mut rng = SplitMix64(seed);
             for (offset, data) in &images.pending {
                 for (i, sector) in data.chunks(SECTOR).enumerate() {
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         let at = *offset as usize + i * SECTOR;
                         bytes[at..at + sector.len()].copy_from_slice(sector);
                     }

@@ -76,15 +76,22 @@ impl FileDevice {
         Ok(FileDevice { file, path: path.to_path_buf(), is_block })
     }
 
-    /// Opens a device for reading only, without locking it (used by fsck on a device that may
-    /// be in use: it reads a consistent durable state regardless).
-    pub fn open_read_only(path: &Path) -> Result<FileDevice, FileDeviceError> {
+    /// Opens a device for reading only, with a shared lock: several checkers may read it at
+    /// once, but not while an engine has it open (fsck).
+    pub fn open_shared(path: &Path) -> Result<FileDevice, FileDeviceError> {
         let io_err = |source| FileDeviceError::Io { path: path.display().to_string(), source };
         let file = OpenOptions::new().read(true).open(path).map_err(io_err)?;
         let file_type = file.metadata().map_err(io_err)?.file_type();
         let is_block = file_type.is_block_device();
         if !is_block && !file_type.is_file() {
             return Err(FileDeviceError::NotAFileOrBlockDevice { path: path.display().to_string() });
+        }
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(FileDeviceError::Locked { path: path.display().to_string() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
         Ok(FileDevice { file, path: path.to_path_buf(), is_block })
     }

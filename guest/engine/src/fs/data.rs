@@ -478,7 +478,7 @@ impl State {
         if size < rec.size {
             let keep = size.div_ceil(BS);
             self.replace_extents(l, ino, keep, MAX_BLOCKS - keep, None)?;
-            if size % BS != 0 {
+            if !size.is_multiple_of(BS) {
                 let block = size / BS;
                 if let Some(e) = self.extents(l.id, ino, block, block + 1)?.first().filter(|e| e.device_block != HOLE) {
                     let at = (e.device_block + (block - e.file_block)) * BS + size % BS;

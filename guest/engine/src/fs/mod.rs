@@ -150,6 +150,12 @@ fn corrupt_metadata(device: &str, e: impl std::fmt::Display) -> OpenError {
 fn open_store_error(device: &str, e: redb::Error) -> OpenError {
     match e {
         redb::Error::DatabaseAlreadyOpen => OpenError::InUse { device: device.to_string() },
+        // redb reports a malformed header as invalid data; that is corruption, not a failing disk.
+        redb::Error::Io(source)
+            if matches!(source.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+        {
+            corrupt_metadata(device, source)
+        }
         redb::Error::Io(source) => OpenError::Io { device: device.to_string(), what: "reading metadata", source },
         other => corrupt_metadata(device, other),
     }
@@ -257,6 +263,31 @@ impl Engine {
     pub fn close(self) -> Result<()> {
         self.shared.stop_checkpointer();
         self.sync()
+    }
+
+    /// Grows the device (a regular file) to `size` bytes while it is in use; the new space is
+    /// free for data at once. Never shrinks.
+    pub fn grow(&self, size: u64) -> Result<()> {
+        let size = size / BLOCK_SIZE * BLOCK_SIZE;
+        let mut st = self.write_state()?;
+        let r = (|| {
+            let current = lock_superblock(&st.superblock).device_size;
+            if size <= current {
+                return Ok(());
+            }
+            self.shared.device.grow(size)?;
+            {
+                let mut sb = lock_superblock(&st.superblock);
+                sb.device_size = size;
+                sb.write_next(self.shared.device.as_ref())?;
+            }
+            self.shared.device.sync()?;
+            st.alloc.grow(size / BLOCK_SIZE);
+            info!(device = %self.shared.device_name, bytes = size, "grew the device");
+            Ok(())
+        })();
+        drop(st);
+        self.check_fatal(r)
     }
 
     /// The device's name (its path).

@@ -312,3 +312,17 @@ fn a_full_device_says_enospc_and_recovers_when_space_is_freed() {
     e.sync().expect("sync");
     e.write(l, ino, 0, &chunk).expect("space is back");
 }
+
+#[test]
+fn a_device_grows_while_open_and_keeps_its_size_after_reopen() {
+    let device: Arc<dyn Device> = Arc::new(MemDevice::new(64 << 20));
+    let e = engine_on(device.clone());
+    let before = e.statfs().expect("statfs").blocks;
+    e.grow(96 << 20).expect("grow");
+    assert_eq!(e.statfs().expect("statfs").blocks, before + (32 << 20) / 4096);
+    let l = layer(&e, "l", None);
+    file(&e, l, ROOT_INO, "big", &vec![5u8; 60 << 20]);
+    e.close().expect("close");
+    let e = Engine::open(device, &options()).expect("reopen");
+    assert_eq!(e.statfs().expect("statfs").blocks, before + (32 << 20) / 4096);
+}

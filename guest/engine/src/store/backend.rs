@@ -182,7 +182,7 @@ impl StorageBackend for ScratchBackend {
             s.device_valid = s.device_valid.min(len);
             // A page straddling the new end must read zeros past it if the store grows again.
             let tail_page = len / PAGE;
-            if len % PAGE != 0 {
+            if !len.is_multiple_of(PAGE) {
                 let mut buf = [0u8; PAGE as usize];
                 self.read_page(&s, tail_page, &mut buf)?;
                 buf[(len % PAGE) as usize..].fill(0);

@@ -36,16 +36,6 @@ pub(crate) enum Table {
 
 const TABLE_COUNT: usize = 8;
 
-pub(crate) const ALL_TABLES: [Table; TABLE_COUNT] = [
-    Table::Meta,
-    Table::Layers,
-    Table::Inodes,
-    Table::LayerInodes,
-    Table::Dirents,
-    Table::Extents,
-    Table::DirChanges,
-    Table::Orphans,
-];
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -60,27 +50,15 @@ const DEFS: [Def; TABLE_COUNT] = [
     TableDefinition::new("orphans"),
 ];
 
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Meta => "meta",
-            Table::Layers => "layers",
-            Table::Inodes => "inodes",
-            Table::LayerInodes => "layer_inodes",
-            Table::Dirents => "dirents",
-            Table::Extents => "extents",
-            Table::DirChanges => "dir_changes",
-            Table::Orphans => "orphans",
-        }
-    }
-}
-
 /// Direction of a range scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dir {
     Forward,
     Backward,
 }
+
+/// A row of the overlay: key and value, `None` for a deletion.
+type OverlayRow<'a> = (&'a Vec<u8>, &'a Option<Vec<u8>>);
 
 /// Per-entry memory cost estimate of the overlay, beyond key and value bytes.
 const OVERLAY_ENTRY_OVERHEAD: usize = 64;
@@ -196,7 +174,7 @@ impl Store {
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let overlay = &self.overlay[table as usize];
-        let mut ov: Box<dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)>> = match dir {
+        let mut ov: Box<dyn Iterator<Item = OverlayRow<'_>>> = match dir {
             Dir::Forward => Box::new(overlay.range::<[u8], _>(range)),
             Dir::Backward => Box::new(overlay.range::<[u8], _>(range).rev()),
         };

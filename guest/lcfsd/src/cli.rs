@@ -1,0 +1,79 @@
+//! Command-line interface of `lcfsd`. The doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The lcfs guest daemon: every container layer of a host on one device.
+#[derive(Debug, Parser)]
+#[command(name = "lcfsd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Format a device (a regular file, created sparse if missing, or a block device).
+    Format(FormatArgs),
+    /// Check a device without writing to it; exits 0 only when it is clean.
+    Fsck(FsckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FormatArgs {
+    /// Path of the device file or block device.
+    #[arg(long)]
+    pub device: PathBuf,
+    /// Size of the device in bytes (suffixes K, M, G, T accepted); a file is created or grown
+    /// to this size. Required when the file does not exist.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Bytes reserved for metadata (default: an eighth of the device, 16 MiB to 64 GiB).
+    #[arg(long, value_parser = parse_size)]
+    pub metadata_size: Option<u64>,
+    /// Format even if the device holds an lcfs file system or other data.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FsckArgs {
+    /// Path of the device file or block device.
+    #[arg(long)]
+    pub device: PathBuf,
+}
+
+/// Parses a byte count: plain bytes, or a number with a binary suffix (K, M, G, T, optionally
+/// followed by `iB` or `B`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size (expected bytes, e.g. 10G or 10737418240)"))?;
+    let shift = match suffix.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        other => return Err(format!("unknown size suffix {other:?} in {s:?} (use K, M, G or T)")),
+    };
+    number.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_plain_and_with_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
