@@ -204,7 +204,9 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn read(&self, l: &LayerRef, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
+    /// Reads into `buf` from `offset`; returns the number of bytes read (short at the end of
+    /// the file).
+    pub(crate) fn read_into(&self, l: &LayerRef, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let v = self.live(l, ino)?;
         match v.rec.kind {
             FileKind::Regular => {}
@@ -212,13 +214,13 @@ impl State {
             _ => return Err(Error::InvalidArgument("not a regular file")),
         }
         if offset >= v.rec.size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let end = v.rec.size.min(offset.saturating_add(size as u64));
+        let end = v.rec.size.min(offset.saturating_add(buf.len() as u64));
+        let n = (end - offset) as usize;
         let segments = self.map_range(l, ino, &v, offset, end)?;
-        let mut buf = vec![0u8; (end - offset) as usize];
-        self.fill(&segments, offset, &mut buf)?;
-        Ok(buf)
+        self.fill(&segments, offset, &mut buf[..n])?;
+        Ok(n)
     }
 
     /// Plans a write: copies the inode up, finds the owned blocks to overwrite in place,

@@ -578,17 +578,25 @@ impl Engine {
 
     /// Reads up to `size` bytes at `offset`; fewer at the end of the file.
     pub fn read(&self, layer: LayerId, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let data = self.query(layer, Op::Read, |st, l| st.read(l, ino, offset, size))?;
-        if let Ok(st) = self.read_state()
-            && let Ok(l) = st.layer(layer)
-        {
-            l.counters.read(data.len() as u64);
-        }
+        let mut buf = vec![0u8; size];
+        let n = self.read_into(layer, ino, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Reads into `buf` (so callers can reuse buffers); returns the bytes read, fewer at the end
+    /// of the file.
+    pub fn read_into(&self, layer: LayerId, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = self.query(layer, Op::Read, |st, l| {
+            let n = st.read_into(l, ino, offset, buf)?;
+            l.counters.read(n as u64);
+            Ok(n)
+        })?;
         self.shared.files.update(layer, ino, |f| {
             f.reads += 1;
-            f.bytes_read += data.len() as u64;
+            f.bytes_read += n as u64;
         });
-        Ok(data)
+        Ok(n)
     }
 
     /// Writes `data` at `offset`. Blocks the layer inherited are copied on write; blocks it

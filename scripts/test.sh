@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: formatting, clippy, unit, model-based, crash,
+# bad-input and end-to-end tests. Knobs for longer randomized runs: LCFS_MODEL_SEQUENCES,
+# LCFS_MODEL_OPS, LCFS_CRASH_CASES, LCFS_KILL_CASES (see guest/engine/tests/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
