@@ -4,7 +4,7 @@
 //! xattrs, link counts, hard-link structure) must match after every few operations, after
 //! reopening the device, and at the end (where fsck must also find the device clean).
 //!
-//! Knobs: `LCFS_MODEL_SEQUENCES` (sequences per test thread, default 150; four threads),
+//! Knobs: `LCFS_MODEL_SEQUENCES` (sequences per test thread, default 500; four threads),
 //! `LCFS_MODEL_OPS` (operations per sequence, default 120), `LCFS_MODEL_SEED` (first seed).
 
 mod support;
@@ -72,7 +72,7 @@ fn generator_roll(seed: u64, step: u64) -> bool {
 }
 
 fn run_batch(batch: u64) {
-    let sequences = knob("LCFS_MODEL_SEQUENCES", 150);
+    let sequences = knob("LCFS_MODEL_SEQUENCES", 500);
     let ops = knob("LCFS_MODEL_OPS", 120);
     let first = knob("LCFS_MODEL_SEED", 1) + batch * 1_000_000;
     for seed in first..first + sequences {

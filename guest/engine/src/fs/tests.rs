@@ -326,3 +326,67 @@ fn a_device_grows_while_open_and_keeps_its_size_after_reopen() {
     let e = Engine::open(device, &options()).expect("reopen");
     assert_eq!(e.statfs().expect("statfs").blocks, before + (32 << 20) / 4096);
 }
+
+#[test]
+fn times_follow_posix_rules() {
+    let e = engine();
+    let l = layer(&e, "l", None);
+    let at = |secs| Timestamp::new(secs, 123);
+    let d = e.create(l, ROOT_INO, b"d", &NewNode::dir(0o755, 0, 0)).expect("mkdir").ino;
+    let f = e.create(l, d, b"f", &NewNode::file(0o644, 0, 0)).expect("create");
+    assert_eq!((f.atime, f.mtime), (f.ctime, f.ctime));
+    let old = SetAttr { atime: Some(SetTime::At(at(10))), mtime: Some(SetTime::At(at(20))), ..Default::default() };
+    for ino in [d, f.ino] {
+        e.setattr(l, ino, &old).expect("utimens");
+    }
+    let a = e.getattr(l, f.ino).expect("attr");
+    assert_eq!((a.atime, a.mtime), (at(10), at(20)), "explicit times are kept to the nanosecond");
+    assert!(a.ctime > at(20), "setting times changes ctime");
+    e.write(l, f.ino, 0, b"x").expect("write");
+    let b = e.getattr(l, f.ino).expect("attr");
+    assert!(b.mtime > at(20) && b.ctime >= b.mtime && b.atime == at(10), "write changes mtime and ctime only");
+    e.setattr(l, f.ino, &old).expect("utimens");
+    let before = e.getattr(l, f.ino).expect("attr").ctime;
+    e.rename(l, d, b"f", ROOT_INO, b"g", RenameFlags::default()).expect("rename");
+    let c = e.getattr(l, f.ino).expect("attr");
+    assert!(c.ctime > before && c.mtime == at(20), "rename changes the ctime of the moved file");
+    let dir = e.getattr(l, d).expect("attr");
+    assert!(dir.mtime > at(20), "removing a name changes the directory's mtime");
+    e.setattr(l, f.ino, &old).expect("utimens");
+    let before = e.getattr(l, f.ino).expect("attr").ctime;
+    e.link(l, f.ino, d, b"h").expect("link");
+    assert!(e.getattr(l, f.ino).expect("attr").ctime > before, "link changes ctime");
+    e.set_xattr(l, f.ino, b"user.x", b"1", XattrMode::Create).expect("xattr");
+    assert!(matches!(e.set_xattr(l, f.ino, b"user.x", b"1", XattrMode::Create), Err(Error::Exists)));
+    assert!(matches!(e.set_xattr(l, f.ino, b"user.y", b"1", XattrMode::Replace), Err(Error::NoAttribute)));
+    let pre_epoch = SetAttr { mtime: Some(SetTime::At(Timestamp::new(-100, 5))), ..Default::default() };
+    assert_eq!(e.setattr(l, f.ino, &pre_epoch).expect("utimens").mtime, Timestamp::new(-100, 5));
+}
+
+#[test]
+fn counters_record_operations_and_hot_files() {
+    let e = engine();
+    let l = layer(&e, "l", None);
+    let hot = file(&e, l, ROOT_INO, "hot", b"data");
+    let cold = file(&e, l, ROOT_INO, "cold", b"data");
+    for _ in 0..5 {
+        e.read(l, hot, 0, 4).expect("read");
+    }
+    e.read(l, cold, 0, 4).expect("read");
+    let stats = e.layer_stats(l).expect("stats");
+    assert_eq!(stats.count(crate::stats::Op::Read), 6);
+    assert_eq!(stats.count(crate::stats::Op::Create), 2);
+    assert_eq!(stats.bytes_read, 24);
+    assert_eq!(stats.bytes_written, 8);
+    let top = e.hot_files(Some(l), 1);
+    assert_eq!(top[0].1, hot);
+}
+
+#[test]
+fn statfs_reports_space_and_names() {
+    let e = engine();
+    let s = e.statfs().expect("statfs");
+    assert_eq!(s.block_size, 4096);
+    assert_eq!(s.name_max, 255);
+    assert!(s.blocks_free <= s.blocks && s.blocks_free > 0 && s.files_free > 0);
+}
