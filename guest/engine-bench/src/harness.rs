@@ -204,7 +204,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// A size for people: `1 GiB`, `256 MiB`, `4 KiB`, or bytes.
 pub fn human_size(n: u64) -> String {
     for (unit, name) in [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if n >= unit && n % unit == 0 {
+        if n >= unit && n.is_multiple_of(unit) {
             return format!("{} {name}", n / unit);
         }
     }

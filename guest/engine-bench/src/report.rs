@@ -20,6 +20,10 @@ pub struct ImportFioArgs {
     /// The fio command line, recorded with the result.
     #[arg(long, default_value = "")]
     pub command: String,
+    /// Name of the result: `fio-seq-write` for the peer of `seq-write`, `fio-fdatasync` for the
+    /// machine's sync latency.
+    #[arg(long, default_value = "fio-seq-write")]
+    pub bench: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +55,7 @@ pub fn import_fio(args: &ImportFioArgs) -> Result<Record> {
     let runtime_ms = number(write, "runtime")?;
     let filename =
         job.get("job options").and_then(|o| o.get("filename")).and_then(serde_json::Value::as_str).unwrap_or("?");
-    let mut rec = Record::new("fio-seq-write", &format!("file:{filename}"));
+    let mut rec = Record::new(&args.bench, &format!("file:{filename}"));
     rec.command = args.command.clone();
     rec.run = args.run;
     if let Some(v) = doc.get("fio version").and_then(serde_json::Value::as_str) {
@@ -61,6 +65,10 @@ pub fn import_fio(args: &ImportFioArgs) -> Result<Record> {
         .figure("mb_s", bw_bytes / 1e6)
         .figure("seconds", runtime_ms / 1e3)
         .figure("job_mb_s", io_bytes / (runtime_ms / 1e3) / 1e6);
+    let sync_p50 = job.pointer("/sync/lat_ns/percentile/50.000000").and_then(serde_json::Value::as_f64);
+    if let Some(ns) = sync_p50 {
+        rec.figure("sync_p50_us", ns / 1e3);
+    }
     Ok(rec)
 }
 
@@ -158,7 +166,12 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             ),
             device: device_of(r),
             target: "each < 5 ms; ratio ≤ 1.5".into(),
-            lcfs: format!("{} ({})", ms(large), harness::human_size(lb)),
+            lcfs: format!(
+                "{} ({}; {} device syncs per commit)",
+                ms(large),
+                harness::human_size(lb),
+                fig(r, "device_syncs_per_commit")
+            ),
             peer: format!("{} ({})", ms(small), harness::human_size(sb)),
             ratio: format!("{ratio:.2}"),
             verdict: verdict(&fails),
@@ -183,12 +196,35 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             ),
             device: device_of(r),
             target: "< 5 ms".into(),
-            lcfs: ms(full),
+            lcfs: format!("{} ({} device syncs per creation)", ms(full), fig(r, "device_syncs_per_create")),
             peer: format!("{} (empty parent)", ms(empty)),
             ratio: format!("{:.2}", fig(r, "ratio")),
             verdict: verdict(if full < 5.0 { &[] } else { &["≥ 5 ms"] }),
             command: code(&r.command),
         });
+        let per_dir = param_u64(r, "files").div_ceil(param_u64(r, "dirs").max(1));
+        let big = param_u64(r, "big_dir_entries");
+        for (entries, key) in [(per_dir, "inherited_dir"), (big, "big_dir")] {
+            let (first, second) =
+                (fig(r, &format!("first_create_in_{key}_ms")), fig(r, &format!("second_create_in_{key}_ms")));
+            if first.is_nan() {
+                continue;
+            }
+            rows.push(Row {
+                what: format!(
+                    "First file created in an inherited directory of {entries} entries (copies the directory \
+                     up), vs the second; the sync after them wrote {:.1} MB",
+                    fig(r, &format!("{key}_copy_up_sync_bytes")) / 1e6
+                ),
+                device: device_of(r),
+                target: "reported".into(),
+                lcfs: ms(first),
+                peer: format!("{} (second)", ms(second)),
+                ratio: format!("{:.0}", first / second),
+                verdict: "—".into(),
+                command: code(&r.command),
+            });
+        }
     }
     if !any {
         rows.push(Row::missing(
@@ -234,13 +270,14 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         let lcfs: Vec<f64> = lcfs_runs.iter().map(|r| fig(r, "mb_s")).collect();
         let fio: Vec<f64> = fio_runs.iter().map(|r| fig(r, "mb_s")).collect();
         let lcfs_mb = harness::median(&lcfs);
+        let runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
         let (peer, ratio, v) = if fio.is_empty() {
             ("no fio run".to_string(), "—".to_string(), "n/a (no fio run)".to_string())
         } else {
             let fio_mb = harness::median(&fio);
             let ratio = lcfs_mb / fio_mb;
             (
-                format!("{fio_mb:.0} MB/s (fio)"),
+                format!("{fio_mb:.0} MB/s (fio; runs: {})", runs(&fio)),
                 format!("{ratio:.2}"),
                 verdict(if ratio >= 0.8 { &[] } else { &["ratio < 0.8"] }),
             )
@@ -260,7 +297,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             ),
             device: device_of(first),
             target: "≥ 0.8 × fio".into(),
-            lcfs: format!("{lcfs_mb:.0} MB/s"),
+            lcfs: format!("{lcfs_mb:.0} MB/s (runs: {})", runs(&lcfs)),
             peer,
             ratio,
             verdict: v,
@@ -282,7 +319,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             ),
             device: device_of(r),
             target: "≥ 2000 MB/s".into(),
-            lcfs: format!("{mb:.0} MB/s"),
+            lcfs: format!("{mb:.0} MB/s (`read`); {:.0} MB/s (`read_into`, reused buffer)", fig(r, "read_into_mb_s")),
             peer: "—".into(),
             ratio: "—".into(),
             verdict: verdict(if mb >= 2000.0 { &[] } else { &["< 2000 MB/s"] }),
@@ -382,6 +419,18 @@ fn render(rows: &[Row], records: &[Record], meta: &[String]) -> String {
             let _ = writeln!(md, "- **{k}**: {v}");
         }
     }
+    let syncs: Vec<&Record> = records.iter().filter(|r| r.bench == "fio-fdatasync").collect();
+    if let Some(first) = syncs.first() {
+        let figures: Vec<String> = syncs.iter().map(|r| format!("{:.0} µs", fig(r, "sync_p50_us"))).collect();
+        let _ = writeln!(
+            md,
+            "- **fdatasync latency of --dir** (fio, 4 KiB writes each followed by fdatasync, median; \
+             measured at the start and at the end of the run): {} — every durable engine operation \
+             (`commit_layer`, `create_layer`, `sync`) waits for at least one: `{}`",
+            figures.join(", then "),
+            first.command
+        );
+    }
     let _ = writeln!(
         md,
         "\n`lcfs-engine-bench` is `target/release/lcfs-engine-bench` (built by the script with \
@@ -422,7 +471,10 @@ const HOW: &str = "\
 - **Commit**: a writable layer on an empty committed parent gets one file of 1 GiB (or 1 MiB) \
 written in 1 MiB writes; `Engine::sync` makes it durable; then only `commit_layer` is timed. \
 Each repetition uses a fresh layer (the committed layer is removed afterwards, untimed); sizes \
-alternate within a repetition.
+alternate within a repetition. Between the sync and the commit the benchmark writes 256 MiB \
+of scratch memory, so every commit starts from cold CPU caches: otherwise writing 1 GiB (which \
+evicts everything) and 1 MiB (which does not) would show in the ratio of commits that take tens \
+of microseconds on `mem`. `device syncs` counts `Device::sync` calls during the commit.
 - **Layer creation**: one committed parent holds 100 directories of 1,000 empty files each, \
 another is empty. `create_layer` of a writable child is timed on each parent in turn; the child \
 is removed (untimed) before the next, so each measurement creates the parent's only child.
@@ -435,10 +487,17 @@ rounds of the three engines alternate. The figure is nanoseconds per `lookup` ca
 - **Sequential write**: a new image under `--dir`, a new layer and file, 1 GiB in 1 MiB \
 `Engine::write` calls, then `Engine::sync`; the clock covers writes and sync. fio writes a new \
 `fio.dat` in the same directory with `--rw=write --bs=1M --size=1G --end_fsync=1` (its \
-bandwidth includes the final fsync). The script runs the pair three times, alternating, deleting \
-both files before each run; the figures are the medians.
+bandwidth includes the final fsync). The script runs the pair three times, alternating which \
+goes first, after one untimed warm-up run of each; each run deletes its own previous file \
+immediately before writing, so both write into page-cache memory freed moments earlier (on VMs \
+that hand freed memory back to the host, writing into returned memory is several times slower \
+and would measure the hypervisor). The figures are the medians; every run is listed below.
 - **Sequential read**: the file the last sequential write left, read with 1 MiB `Engine::read` \
-calls after one warm-up pass (the file is in the page cache).
+calls after one warm-up pass (the file is in the page cache); the target applies to `read`, \
+`read_into` with one reused buffer is shown beside it.
+- **Copy-up probe** (with layer creation): a child of the full parent creates two files in \
+`/d000` (1,000 entries), and a child of a third parent creates two in `/big` (100,000 entries), \
+then syncs; the first create copies the directory's entries into the layer.
 - **Random overwrite**: a 256 MiB file in a committed parent; a child layer overwrites 10,000 \
 random 4 KiB-aligned blocks with 4 KiB writes (repeats allowed), then `Engine::sync`. A \
 `CountingDevice` counts bytes written to the device after the setup had been synced: up to the \

@@ -5,7 +5,8 @@
 //!   clock covers the writes and the sync (as fio's `--end_fsync=1` does). The image is left in
 //!   place with `--keep` for `seq-read`.
 //! - `seq-read`: the file `seq-write` left, read in 1 MiB reads after one untimed warm-up pass
-//!   that puts it in the page cache.
+//!   that puts it in the page cache; with `Engine::read` (the figure) and, for comparison, with
+//!   `Engine::read_into` and one reused buffer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -143,8 +144,26 @@ pub fn read(dir: &Path, args: &ReadArgs) -> Result<Record> {
     for _ in 0..args.passes {
         samples.push(pass(false)?.0);
     }
+    // The same through `read_into` with one reused buffer, as a server that keeps its buffers
+    // would read.
+    let mut buf = vec![0u8; block];
+    let mut into_samples = Vec::new();
+    for _ in 0..args.passes {
+        let start = Instant::now();
+        let mut at = 0u64;
+        while at < size {
+            let n = engine.read_into(layer.id, attr.ino, at, &mut buf).with_context(|| format!("reading at {at}"))?;
+            anyhow::ensure!(n > 0, "short file: nothing at {at} of {size}");
+            at += n as u64;
+        }
+        into_samples.push(harness::mb_per_s(size, start.elapsed()));
+    }
+    let into_mb_s = harness::median(&into_samples);
     let mb_s = harness::median(&samples);
-    eprintln!("seq-read: {} from cache: {mb_s:.0} MB/s (warm-up pass {warm_mb_s:.0} MB/s)", harness::human_size(size));
+    eprintln!(
+        "seq-read: {} from cache: {mb_s:.0} MB/s with read, {into_mb_s:.0} MB/s with read_into (warm-up {warm_mb_s:.0} MB/s)",
+        harness::human_size(size)
+    );
     drop(engine);
     if wrote_here {
         harness::remove_if_present(&path)?;
@@ -158,6 +177,8 @@ pub fn read(dir: &Path, args: &ReadArgs) -> Result<Record> {
         .param("first_block_intact", intact)
         .figure("mb_s", mb_s)
         .figure("warmup_mb_s", warm_mb_s)
-        .samples("mb_s", samples);
+        .figure("read_into_mb_s", into_mb_s)
+        .samples("mb_s", samples)
+        .samples("read_into_mb_s", into_samples);
     Ok(rec)
 }

@@ -46,7 +46,11 @@ fn dump(engine: &Engine) -> String {
                 out.push_str(&format!("{p} {:?} {:o} {}\n", attr.kind, attr.perm, attr.nlink));
                 if attr.kind == lcfs_engine::FileKind::Regular {
                     let data = engine.read(layer.id, e.ino, 0, attr.size as usize).expect("read");
-                    out.push_str(&format!("  {} bytes, sum {}\n", data.len(), data.iter().map(|&b| u64::from(b)).sum::<u64>()));
+                    out.push_str(&format!(
+                        "  {} bytes, sum {}\n",
+                        data.len(),
+                        data.iter().map(|&b| u64::from(b)).sum::<u64>()
+                    ));
                 } else if attr.kind == lcfs_engine::FileKind::Directory {
                     stack.push((e.ino, format!("{p}/")));
                 }
@@ -84,7 +88,10 @@ fn a_foreign_file_is_refused_without_a_write() {
     assert!(err.to_string().contains("not an lcfs device"), "{err}");
     let err = try_open(vec![0u8; 40 << 20]).expect_err("blank");
     assert!(matches!(err, OpenError::Blank { .. }), "{err}");
-    let format = Engine::format(&(Arc::new(MemDevice::from_bytes(vec![1u8; 40 << 20])) as Arc<dyn Device>), &FormatOptions::default());
+    let format = Engine::format(
+        &(Arc::new(MemDevice::from_bytes(vec![1u8; 40 << 20])) as Arc<dyn Device>),
+        &FormatOptions::default(),
+    );
     assert!(matches!(format, Err(OpenError::NotLcfs { .. })), "format must not overwrite foreign data unless forced");
 }
 
@@ -105,7 +112,10 @@ fn a_truncated_device_is_refused() {
     for len in [100usize, 6000, 20 << 20, (40 << 20) - 4096] {
         let err = try_open(bytes[..len].to_vec()).expect_err("truncated");
         assert!(
-            matches!(err, OpenError::Truncated { .. } | OpenError::NotLcfs { .. } | OpenError::CorruptSuperblock { .. }),
+            matches!(
+                err,
+                OpenError::Truncated { .. } | OpenError::NotLcfs { .. } | OpenError::CorruptSuperblock { .. }
+            ),
             "{len} bytes: {err}"
         );
         assert!(err.to_string().contains("truncated") || len < 8192, "{len} bytes: {err}");
@@ -140,9 +150,8 @@ fn damaged_superblock_copies_fall_back_or_are_refused() {
 fn a_flipped_byte_in_any_metadata_page_is_caught_or_harmless() {
     let bytes = populated();
     let intact = try_open(bytes.clone()).expect("intact device opens");
-    let meta_len = u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes")).max(u64::from_le_bytes(
-        bytes[4096 + 64..4096 + 72].try_into().expect("8 bytes"),
-    ));
+    let meta_len = u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes"))
+        .max(u64::from_le_bytes(bytes[4096 + 64..4096 + 72].try_into().expect("8 bytes")));
     let meta_start = 1usize << 20;
     let pages = meta_len as usize / 4096;
     assert!(pages > 4, "the metadata store should span several pages, has {pages}");

@@ -43,9 +43,10 @@ fn run_sequence(seed: u64, ops: u64) {
         }
         assert_eq!(got, want, "seed {seed} step {step}: {op:?}: engine errno {got}, model errno {want}");
         if step % 10 == 9
-            && let Err(e) = compare(&engine, &model) {
-                panic!("seed {seed} after step {step} ({op:?}): {e}");
-            }
+            && let Err(e) = compare(&engine, &model)
+        {
+            panic!("seed {seed} after step {step} ({op:?}): {e}");
+        }
         if generator_roll(seed, step) {
             engine.close().expect("close");
             engine = open(&device);

@@ -50,7 +50,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, suffix) = s.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size (expected bytes, e.g. 10G or 10737418240)"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("{s:?} is not a size (expected bytes, e.g. 10G or 10737418240)"))?;
     let shift = match suffix.trim_end_matches("iB").trim_end_matches('B') {
         "" => 0,
         "K" | "k" => 10,

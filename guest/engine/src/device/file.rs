@@ -5,8 +5,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Device, out_of_range};
 
@@ -16,6 +18,8 @@ pub struct FileDevice {
     file: File,
     path: PathBuf,
     is_block: bool,
+    /// Length, read once at open and changed only by `grow`.
+    len: AtomicU64,
 }
 
 /// Why a file device could not be opened.
@@ -73,7 +77,13 @@ impl FileDevice {
         {
             file.set_len(size).map_err(io_err)?;
         }
-        Ok(FileDevice { file, path: path.to_path_buf(), is_block })
+        FileDevice::new(file, path, is_block)
+    }
+
+    fn new(file: File, path: &Path, is_block: bool) -> Result<FileDevice, FileDeviceError> {
+        let len = if is_block { (&file).seek(SeekFrom::End(0)) } else { file.metadata().map(|m| m.len()) }
+            .map_err(|source| FileDeviceError::Io { path: path.display().to_string(), source })?;
+        Ok(FileDevice { file, path: path.to_path_buf(), is_block, len: AtomicU64::new(len) })
     }
 
     /// Opens a device for reading only, with a shared lock: several checkers may read it at
@@ -93,7 +103,7 @@ impl FileDevice {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
-        Ok(FileDevice { file, path: path.to_path_buf(), is_block })
+        FileDevice::new(file, path, is_block)
     }
 
     /// Path the device was opened with.
@@ -126,12 +136,7 @@ impl Device for FileDevice {
     }
 
     fn len(&self) -> io::Result<u64> {
-        if self.is_block {
-            // Block devices report a zero length in their metadata; the end is their size.
-            (&self.file).seek(SeekFrom::End(0))
-        } else {
-            Ok(self.file.metadata()?.len())
-        }
+        Ok(self.len.load(Ordering::Acquire))
     }
 
     fn grow(&self, len: u64) -> io::Result<()> {
@@ -142,8 +147,30 @@ impl Device for FileDevice {
             self.file.set_len(len)?;
             // The new length must survive a crash before the superblock claims it.
             self.file.sync_all()?;
+            self.len.store(len, Ordering::Release);
         }
         Ok(())
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.is_block {
+            return Ok(false);
+        }
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(false);
+        };
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+        // `self.file` and open for writing.
+        let r = unsafe {
+            libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, n)
+        };
+        if r == 0 {
+            Ok(true)
+        } else {
+            let e = io::Error::last_os_error();
+            // File systems without hole punching: the caller zeroes lazily instead.
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) { Ok(false) } else { Err(e) }
+        }
     }
 
     fn name(&self) -> String {

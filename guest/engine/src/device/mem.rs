@@ -64,6 +64,13 @@ impl Device for MemDevice {
     fn name(&self) -> String {
         "memory device".to_string()
     }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        let range = span(offset, usize::try_from(len).map_err(|_| io::Error::other("too large"))?, bytes.len())?;
+        bytes[range].fill(0);
+        Ok(true)
+    }
 }
 
 /// The in-bounds index range of an access, or the error for an out-of-range one.

@@ -38,6 +38,11 @@ pub trait Device: Send + Sync + Debug {
     fn grow(&self, len: u64) -> io::Result<()>;
     /// A name for messages: the path, or a description.
     fn name(&self) -> String;
+    /// Makes `[offset, offset+len)` read as zeros cheaply (a hole punch or discard) and returns
+    /// `true`, or returns `false` if the device cannot, leaving it unchanged.
+    fn zero_range(&self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl<D: Device + ?Sized> Device for Arc<D> {
@@ -58,6 +63,9 @@ impl<D: Device + ?Sized> Device for Arc<D> {
     }
     fn name(&self) -> String {
         (**self).name()
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        (**self).zero_range(offset, len)
     }
 }
 
@@ -113,6 +121,9 @@ impl<D: Device> Device for CountingDevice<D> {
     }
     fn name(&self) -> String {
         self.inner.name()
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        self.inner.zero_range(offset, len)
     }
 }
 

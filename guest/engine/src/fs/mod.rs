@@ -114,6 +114,8 @@ struct Shared {
     state: RwLock<State>,
     inode_locks: Vec<Mutex<()>>,
     failed: AtomicBool,
+    /// File data was written to the device since the last device sync.
+    data_dirty: AtomicBool,
     files: FileCounters,
     max_dirty_bytes: usize,
     checkpointer: Mutex<Option<Checkpointer>>,
@@ -189,9 +191,12 @@ impl Engine {
             });
         }
         let mut sb = Superblock::new(len, meta);
-        // The region may hold old bytes (a reused block device): zero whatever the store grows
-        // into.
-        sb.meta_high_water = sb.meta_capacity;
+        // The region may hold old bytes (a reused device). If it can be zeroed cheaply now, the
+        // store's growth needs no zeroing; otherwise zero whatever the store grows into.
+        let zeroed = device
+            .zero_range(sb.meta_offset, sb.meta_capacity)
+            .map_err(io_error(&name, "zeroing the metadata region"))?;
+        sb.meta_high_water = if zeroed { 0 } else { sb.meta_capacity };
         sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
         sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
         device.sync().map_err(io_error(&name, "syncing the device"))?;
@@ -234,6 +239,7 @@ impl Engine {
             state: RwLock::new(state),
             inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             failed: AtomicBool::new(false),
+            data_dirty: AtomicBool::new(false),
             files: FileCounters::default(),
             max_dirty_bytes: options.max_dirty_bytes,
             checkpointer: Mutex::new(None),
@@ -350,14 +356,25 @@ impl Engine {
 
     /// Makes every change so far durable (fsync, fdatasync and syncfs all land here).
     pub fn sync(&self) -> Result<()> {
-        // Push file data to the medium before taking the lock, so the durable commit under the
-        // lock has little left to write.
-        let pre = self.shared.device.sync().map_err(Error::Io);
-        self.check_fatal(pre)?;
+        self.sync_data()?;
         let mut st = self.write_state()?;
         let r = st.flush(true);
         drop(st);
         self.check_fatal(r)
+    }
+
+    /// Pushes file data written since the last device sync to the medium, outside the engine
+    /// lock, so that the durable commit that follows (which syncs again) has little left to
+    /// write and holds the lock briefly. Does nothing when no data is pending.
+    fn sync_data(&self) -> Result<()> {
+        if self.shared.data_dirty.swap(false, Ordering::AcqRel) {
+            let r = self.shared.device.sync().map_err(Error::Io);
+            if r.is_err() {
+                self.shared.data_dirty.store(true, Ordering::Release);
+            }
+            self.check_fatal(r)?;
+        }
+        Ok(())
     }
 
     /// Syncs a layer's changes: the same as [`Engine::sync`], counted against the layer.
@@ -403,8 +420,7 @@ impl Engine {
         // Refuse before anything is written, then push the layer's data to the medium outside
         // the lock so the commit under the lock has little left to sync.
         self.read_state()?.check_commit(key, name)?;
-        let pre = self.shared.device.sync().map_err(Error::Io);
-        self.check_fatal(pre)?;
+        self.sync_data()?;
         let mut st = self.write_state()?;
         let r = st.commit_layer(key, name, labels).and_then(|id| {
             st.flush(true)?;
@@ -502,6 +518,10 @@ impl Engine {
     /// Changes attributes; a size change truncates or extends the file.
     pub fn setattr(&self, layer: LayerId, ino: Ino, set: &SetAttr) -> Result<Attr> {
         let _guard = set.size.is_some().then(|| self.inode_lock(layer, ino));
+        if set.size.is_some() {
+            // Truncation zeroes the tail of the last block in place.
+            self.shared.data_dirty.store(true, Ordering::Release);
+        }
         self.change(layer, Op::SetAttr, |st, l| st.setattr(l, ino, set))
     }
 
@@ -609,6 +629,7 @@ impl Engine {
         let _guard = self.inode_lock(layer, ino);
         let plan = self.change(layer, Op::Write, |st, l| st.plan_write(l, ino, offset, data))?;
         let io = plan.perform(self.shared.device.as_ref(), data);
+        self.shared.data_dirty.store(true, Ordering::Release);
         let mut st = self.write_state()?;
         let r = match io {
             Ok(()) => st.publish_write(layer, ino, plan),
@@ -634,6 +655,7 @@ impl Engine {
     /// Allocates, punches or zeroes a range (`fallocate(2)`).
     pub fn fallocate(&self, layer: LayerId, ino: Ino, offset: u64, len: u64, mode: FallocateMode) -> Result<()> {
         let _guard = self.inode_lock(layer, ino);
+        self.shared.data_dirty.store(true, Ordering::Release);
         self.change(layer, Op::Write, |st, l| st.fallocate(l, ino, offset, len, mode))
     }
 

@@ -36,7 +36,6 @@ pub(crate) enum Table {
 
 const TABLE_COUNT: usize = 8;
 
-
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 const DEFS: [Def; TABLE_COUNT] = [
@@ -76,6 +75,8 @@ pub(crate) struct Store {
     snapshot: Snapshot,
     overlay: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     overlay_bytes: usize,
+    /// A non-durable commit happened since the last durable one.
+    undurable: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -125,7 +126,7 @@ impl Store {
 
     fn from_db(db: Database) -> Result<Store, redb::Error> {
         let snapshot = Self::snapshot(&db)?;
-        Ok(Store { db, snapshot, overlay: vec![BTreeMap::new(); TABLE_COUNT], overlay_bytes: 0 })
+        Ok(Store { db, snapshot, overlay: vec![BTreeMap::new(); TABLE_COUNT], overlay_bytes: 0, undurable: false })
     }
 
     fn snapshot(db: &Database) -> Result<Snapshot, redb::Error> {
@@ -276,7 +277,7 @@ impl Store {
     /// makes every data block written before the call durable); non-durable ones only move
     /// memory from the overlay into redb's cache.
     pub fn flush(&mut self, durable: bool) -> Result<()> {
-        if !durable && !self.is_dirty() {
+        if !self.is_dirty() && (!durable || !self.undurable) {
             return Ok(());
         }
         let mut tx = self.db.begin_write()?;
@@ -298,6 +299,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.undurable = !durable;
         self.snapshot = Self::snapshot(&self.db).map_err(crate::error::Error::Metadata)?;
         for m in &mut self.overlay {
             m.clear();
