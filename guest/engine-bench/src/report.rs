@@ -167,7 +167,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             device: device_of(r),
             target: "each < 5 ms; ratio ≤ 1.5".into(),
             lcfs: format!(
-                "{} ({}; {} device syncs per commit)",
+                "{} ({}; device syncs per commit: {})",
                 ms(large),
                 harness::human_size(lb),
                 fig(r, "device_syncs_per_commit")
@@ -196,7 +196,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             ),
             device: device_of(r),
             target: "< 5 ms".into(),
-            lcfs: format!("{} ({} device syncs per creation)", ms(full), fig(r, "device_syncs_per_create")),
+            lcfs: format!("{} (device syncs per creation: {})", ms(full), fig(r, "device_syncs_per_create")),
             peer: format!("{} (empty parent)", ms(empty)),
             ratio: format!("{:.2}", fig(r, "ratio")),
             verdict: verdict(if full < 5.0 { &[] } else { &["≥ 5 ms"] }),
