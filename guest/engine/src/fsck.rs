@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::device::Device;
 use crate::error::{Error, OpenError};
@@ -70,7 +69,7 @@ impl fmt::Display for FsckReport {
         )?;
         writeln!(
             f,
-            "data: {} of {} blocks in use ({:.1} MiB of {:.1} MiB); metadata: {:.1} MiB",
+            "data: {} of {} blocks in use ({:.1} MiB of {:.1} MiB); metadata: {:.2} MiB",
             self.data_blocks_used,
             self.data_blocks_total,
             (self.data_blocks_used * BLOCK_SIZE) as f64 / 1048576.0,
@@ -109,21 +108,15 @@ pub fn fsck(device: Arc<dyn Device>) -> Result<FsckReport, OpenError> {
     let (start, end) = sb.data_blocks();
     report.data_blocks_total = end - start;
 
-    let repaired = Arc::new(AtomicBool::new(false));
-    let flag = repaired.clone();
-    let store = match crate::store::Store::open_with_repair_hook(
-        ScratchBackend::new(device.clone(), &sb),
-        16 << 20,
-        true,
-        move || flag.store(true, Ordering::SeqCst),
-    ) {
+    let store = match crate::store::Store::open(ScratchBackend::new(device.clone(), &sb), 16 << 20, true) {
         Ok(s) => s,
         Err(e) => {
             report.problem(format!("metadata store failed its integrity check: {e}"));
             return Ok(report);
         }
     };
-    if repaired.load(Ordering::SeqCst) {
+    // The store verified; now a read-only open tells whether it was closed cleanly.
+    if crate::store::Store::needs_recovery(ScratchBackend::new(device.clone(), &sb)) {
         report.notes.push(
             "the device was not closed cleanly; its last durable state is intact and will be recovered at the next open"
                 .to_string(),
@@ -495,4 +488,42 @@ fn check_tree(state: &State, l: &LayerRef, report: &mut FsckReport) -> Result<()
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::device::{CrashDevice, CrashMode, MemDevice};
+    use crate::types::{LayerKind, NewNode};
+    use crate::{Engine, FormatOptions, OpenOptions};
+
+    fn options() -> OpenOptions {
+        OpenOptions { checkpoint_interval: None, ..OpenOptions::default() }
+    }
+
+    #[test]
+    fn a_clean_close_leaves_no_recovery_note_and_a_crash_does() {
+        let device: Arc<dyn Device> = Arc::new(MemDevice::new(64 << 20));
+        Engine::format(&device, &FormatOptions::default()).expect("format");
+        let engine = Engine::open(device.clone(), &options()).expect("open");
+        engine.create_layer("l", None, LayerKind::Writable, BTreeMap::new()).expect("layer");
+        engine.close().expect("close");
+        let report = fsck(device).expect("fsck");
+        assert!(report.is_clean() && report.notes.is_empty(), "{report}");
+
+        let crash = Arc::new(CrashDevice::new(64 << 20));
+        let dyn_crash: Arc<dyn Device> = crash.clone();
+        Engine::format(&dyn_crash, &FormatOptions::default()).expect("format");
+        let engine = Engine::open(dyn_crash, &options()).expect("open");
+        let l = engine.create_layer("l", None, LayerKind::Writable, BTreeMap::new()).expect("layer").id;
+        engine.create(l, crate::ROOT_INO, b"f", &NewNode::file(0o644, 0, 0)).expect("create");
+        crash.power_cut();
+        drop(engine);
+        let report = fsck(Arc::new(crash.image_after_crash(CrashMode::DropUnsynced))).expect("fsck");
+        assert!(report.is_clean(), "{report}");
+        assert!(report.notes.iter().any(|n| n.contains("not closed cleanly")), "{report}");
+        assert_eq!(report.layers, 1);
+    }
 }

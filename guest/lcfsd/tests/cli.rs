@@ -69,3 +69,38 @@ fn format_refuses_impossible_sizes_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("not a size"), "{}", text(&out));
 }
+
+/// A loop device over a sparse file, detached on drop.
+struct LoopDevice {
+    path: String,
+}
+
+impl LoopDevice {
+    fn new(backing: &Path) -> LoopDevice {
+        let out = Command::new("losetup").args(["-f", "--show", path(backing)]).output().expect("run losetup");
+        assert!(out.status.success(), "losetup failed (root and loop devices are needed): {}", text(&out));
+        LoopDevice { path: String::from_utf8_lossy(&out.stdout).trim().to_string() }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
+}
+
+#[test]
+fn a_block_device_formats_and_checks_but_cannot_grow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    std::fs::File::create(&backing).and_then(|f| f.set_len(96 << 20)).expect("backing file");
+    let dev = LoopDevice::new(&backing);
+    let out = lcfsd(&["format", "--device", &dev.path]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("formatted {} ({} bytes)", dev.path, 96 << 20)), "{}", text(&out));
+    let out = lcfsd(&["fsck", "--device", &dev.path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = lcfsd(&["format", "--device", &dev.path, "--size", "1G", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("cannot grow"), "{}", text(&out));
+}

@@ -71,8 +71,9 @@ struct Snapshot {
 
 /// See the module documentation.
 pub(crate) struct Store {
-    db: Database,
+    // Dropped before `db`: redb records a clean shutdown only when no transaction is alive.
     snapshot: Snapshot,
+    db: Database,
     overlay: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     overlay_bytes: usize,
     /// A non-durable commit happened since the last durable one.
@@ -108,25 +109,15 @@ impl Store {
         Self::from_db(db)
     }
 
-    /// Like [`Store::open`], calling `on_repair` if the store needs recovery (it was not
-    /// closed cleanly).
-    pub fn open_with_repair_hook(
-        backend: impl StorageBackend,
-        cache_bytes: usize,
-        check: bool,
-        on_repair: impl Fn() + 'static,
-    ) -> Result<Store, redb::Error> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .set_check_integrity_on_open(check)
-            .set_repair_callback(move |_| on_repair())
-            .create_with_backend(backend)?;
-        Self::from_db(db)
+    /// Whether the store on `backend` was not closed cleanly and needs crash recovery. Only
+    /// for a store that has passed verification: it opens it without checking pages.
+    pub fn needs_recovery(backend: impl StorageBackend) -> bool {
+        matches!(Database::builder().open_read_only_with_backend(backend), Err(redb::DatabaseError::RepairAborted))
     }
 
     fn from_db(db: Database) -> Result<Store, redb::Error> {
         let snapshot = Self::snapshot(&db)?;
-        Ok(Store { db, snapshot, overlay: vec![BTreeMap::new(); TABLE_COUNT], overlay_bytes: 0, undurable: false })
+        Ok(Store { snapshot, db, overlay: vec![BTreeMap::new(); TABLE_COUNT], overlay_bytes: 0, undurable: false })
     }
 
     fn snapshot(db: &Database) -> Result<Snapshot, redb::Error> {
