@@ -64,13 +64,7 @@ impl FileDevice {
         if !is_block && !file_type.is_file() {
             return Err(FileDeviceError::NotAFileOrBlockDevice { path: path.display().to_string() });
         }
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(FileDeviceError::Locked { path: path.display().to_string() });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
+        locked(path, file.try_lock())?;
         if let Some(size) = create_size
             && !is_block
             && file.metadata().map_err(io_err)?.len() == 0
@@ -96,19 +90,24 @@ impl FileDevice {
         if !is_block && !file_type.is_file() {
             return Err(FileDeviceError::NotAFileOrBlockDevice { path: path.display().to_string() });
         }
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(FileDeviceError::Locked { path: path.display().to_string() });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
+        locked(path, file.try_lock_shared())?;
         FileDevice::new(file, path, is_block)
     }
 
     /// Path the device was opened with.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The outcome of taking a lock on the device file.
+fn locked(path: &Path, r: Result<(), std::fs::TryLockError>) -> Result<(), FileDeviceError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(FileDeviceError::Locked { path: path.display().to_string() }),
+        Err(std::fs::TryLockError::Error(source)) => {
+            Err(FileDeviceError::Io { path: path.display().to_string(), source })
+        }
     }
 }
 

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
 use crate::layers::LayerRef;
-use crate::records::{InodeRecord, LayerRecord};
+use crate::records::LayerRecord;
 use crate::store::{Table, keys};
-use crate::types::{Change, ChangeKind, FileKind, Ino, LayerId, LayerKind, ROOT_INO, Timestamp, Usage};
+use crate::types::{Change, ChangeKind, FileKind, Ino, LayerId, LayerKind, NewNode, ROOT_INO, Timestamp, Usage};
 
 use super::State;
 
@@ -97,24 +97,7 @@ impl State {
         self.layers.insert(id, record);
         if parent_id.is_none() {
             // A layer without parent starts with an empty root directory.
-            let root = InodeRecord {
-                kind: FileKind::Directory,
-                flags: 0,
-                perm: 0o755,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                size: 0,
-                inherit_limit: 0,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                crtime: now,
-                subdirs: 0,
-                links: Vec::new(),
-                target: Vec::new(),
-                xattrs: Default::default(),
-            };
+            let root = State::new_record(&NewNode::dir(0o755, 0, 0), now, Vec::new())?;
             self.store.put(Table::Inodes, keys::inode(ROOT_INO, 0, id), root.encode());
             self.store.put(Table::LayerInodes, keys::layer_inode(id, ROOT_INO), vec![keys::OWN_CREATED]);
             self.add_usage(id, 0, 1);

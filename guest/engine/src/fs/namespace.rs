@@ -99,7 +99,8 @@ impl State {
         Ok(State::attr(ino, &self.target(l, parent, name, ino)?.rec))
     }
 
-    fn new_record(node: &NewNode, now: Timestamp, links: Vec<Link>) -> Result<InodeRecord> {
+    /// The record of a new inode.
+    pub(crate) fn new_record(node: &NewNode, now: Timestamp, links: Vec<Link>) -> Result<InodeRecord> {
         let mut size = 0;
         match node.kind {
             FileKind::Symlink => {

@@ -44,6 +44,16 @@ impl RegionBackend {
     pub fn new(device: Arc<dyn Device>, superblock: SharedSuperblock) -> Self {
         RegionBackend { device, superblock }
     }
+
+    /// The device offset of an access of `len` bytes at store offset `offset`, which must lie
+    /// within the store's length.
+    fn device_offset(&self, offset: u64, len: usize) -> io::Result<u64> {
+        let sb = lock_superblock(&self.superblock);
+        if offset.checked_add(len as u64).is_none_or(|end| end > sb.meta_len) {
+            return Err(beyond(offset, len, sb.meta_len));
+        }
+        Ok(sb.meta_offset + offset)
+    }
 }
 
 impl StorageBackend for RegionBackend {
@@ -52,14 +62,7 @@ impl StorageBackend for RegionBackend {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        let (base, len) = {
-            let sb = lock_superblock(&self.superblock);
-            (sb.meta_offset, sb.meta_len)
-        };
-        if offset.checked_add(out.len() as u64).is_none_or(|end| end > len) {
-            return Err(beyond(offset, out.len(), len));
-        }
-        self.device.read_at(out, base + offset)
+        self.device.read_at(out, self.device_offset(offset, out.len())?)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -92,14 +95,7 @@ impl StorageBackend for RegionBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let (base, len) = {
-            let sb = lock_superblock(&self.superblock);
-            (sb.meta_offset, sb.meta_len)
-        };
-        if offset.checked_add(data.len() as u64).is_none_or(|end| end > len) {
-            return Err(beyond(offset, data.len(), len));
-        }
-        self.device.write_at(data, base + offset)
+        self.device.write_at(data, self.device_offset(offset, data.len())?)
     }
 }
 
