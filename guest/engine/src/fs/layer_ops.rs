@@ -13,23 +13,21 @@ use crate::types::{Change, ChangeKind, FileKind, Ino, LayerId, LayerKind, NewNod
 
 use super::State;
 
-/// Longest layer name (bytes).
-const LAYER_NAME_MAX: usize = 1024;
+/// Checks a layer name: it is the layer's directory name in the mount, so it follows the rules
+/// of a file name.
+fn check_layer_name(name: &str) -> Result<()> {
+    crate::fs::check_name(name.as_bytes()).map_err(|e| {
+        let why = match e {
+            Error::NameTooLong(_) => "it is longer than 255 bytes",
+            Error::InvalidName(why) => why,
+            _ => "it is not a valid file name",
+        };
+        Error::InvalidLayerName(name.chars().take(64).collect(), why)
+    })
+}
+
 /// Largest label, key and value together (bytes), as containerd limits it.
 const LABEL_MAX: usize = 4096;
-
-fn check_layer_name(name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::InvalidLayerName(name.to_string(), "it is empty"));
-    }
-    if name.len() > LAYER_NAME_MAX {
-        return Err(Error::InvalidLayerName(name.chars().take(64).collect(), "it is longer than 1024 bytes"));
-    }
-    if name.contains('\0') {
-        return Err(Error::InvalidLayerName(name.to_string(), "it contains a NUL character"));
-    }
-    Ok(())
-}
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in labels {
@@ -117,7 +115,7 @@ impl State {
                 needed: "only writable layers can be committed",
             });
         }
-        if self.layers.id_of(name).is_some() {
+        if name != key && self.layers.id_of(name).is_some() {
             return Err(Error::LayerExists(name.to_string()));
         }
         Ok(id)
@@ -133,7 +131,9 @@ impl State {
             check_labels(labels)?;
         }
         let id = self.check_commit(key, name)?;
-        self.layers.rename(id, name.to_string());
+        if name != key {
+            self.layers.rename(id, name.to_string());
+        }
         if let Some(layer) = self.layers.get_mut(id) {
             layer.record.kind = LayerKind::Committed;
             layer.record.updated = Timestamp::now();

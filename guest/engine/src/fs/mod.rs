@@ -409,8 +409,9 @@ impl Engine {
         self.check_fatal(r)
     }
 
-    /// Turns the writable layer `key` into the committed layer `name`. Constant time whatever
-    /// the layer holds; durable on return (including the layer's data).
+    /// Turns the writable layer `key` into the committed layer `name` (which may be `key`
+    /// itself). Constant time whatever the layer holds; durable on return (including the
+    /// layer's data).
     pub fn commit_layer(
         &self,
         key: &str,

@@ -390,3 +390,21 @@ fn statfs_reports_space_and_names() {
     assert_eq!(s.name_max, 255);
     assert!(s.blocks_free <= s.blocks && s.blocks_free > 0 && s.files_free > 0);
 }
+
+#[test]
+fn layer_names_are_file_names_and_commit_may_keep_the_name() {
+    let e = engine();
+    for bad in ["", "a/b", ".", "..", "x\0y"] {
+        assert!(
+            matches!(e.create_layer(bad, None, LayerKind::Writable, BTreeMap::new()), Err(Error::InvalidLayerName(..))),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        e.create_layer(&"n".repeat(256), None, LayerKind::Writable, BTreeMap::new()),
+        Err(Error::InvalidLayerName(..))
+    ));
+    layer(&e, "sha256-abc", None);
+    let info = e.commit_layer("sha256-abc", "sha256-abc", None).expect("commit in place");
+    assert_eq!((info.name.as_str(), info.kind), ("sha256-abc", LayerKind::Committed));
+}
