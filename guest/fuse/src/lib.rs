@@ -1,0 +1,167 @@
+//! lcfs-fuse: the FUSE frontend of the LCFS engine.
+//!
+//! One mount shows every layer as a directory named after it (`<mountpoint>/<layer>`);
+//! committed layers and views are read-only, a writable layer's directory is a container's root
+//! file system. Requests are served by several threads (fuser's multi-threaded session with a
+//! cloned `/dev/fuse` descriptor per thread) straight into the engine, whose counters therefore
+//! see every operation. Design and measurements: `docs/design/fuse.md`.
+
+mod attr;
+mod fs;
+mod inode;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fuser::{BackgroundSession, Config, MountOption, Notifier, Session, SessionACL};
+use lcfs_engine::Engine;
+use tracing::{info, warn};
+
+pub use fs::LcfsFs;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Threads serving requests.
+    pub threads: usize,
+    /// Let every user reach the mount (`allow_other`); containers run as many users.
+    pub allow_other: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { threads: 4, allow_other: true }
+    }
+}
+
+/// A mounted file system, served by background threads until [`Mount::unmount`] (or drop).
+#[derive(Debug)]
+pub struct Mount {
+    session: BackgroundSession,
+    notifier: Notifier,
+    mountpoint: PathBuf,
+}
+
+impl Mount {
+    /// Tells the kernel that the layer directory `name` appeared, went away or was renamed, so
+    /// it does not answer from its cache.
+    pub fn invalidate_layer(&self, name: &str) {
+        match self.notifier.inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::new(name)) {
+            // ENOENT: the kernel had nothing cached under that name.
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                warn!(layer = name, error = %e, "could not invalidate a cached layer directory")
+            }
+            _ => {}
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving threads to finish.
+    pub fn unmount(self) -> io::Result<()> {
+        info!(mountpoint = %self.mountpoint.display(), "unmounting");
+        self.session.umount_and_join()
+    }
+}
+
+/// Mounts `engine` on `mountpoint` (as root: device nodes and set-user-id files work).
+pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("lcfs".to_string()),
+        MountOption::Subtype("lcfs".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::RW,
+    ];
+    config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let session = Session::new(LcfsFs::new(engine), mountpoint, &config)?;
+    let notifier = session.notifier();
+    let session = session.spawn()?;
+    info!(mountpoint = %mountpoint.display(), threads = options.threads, "mounted");
+    Ok(Mount { session, notifier, mountpoint: mountpoint.to_path_buf() })
+}
+
+/// What [`prepare_mountpoint`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountpointState {
+    /// A directory ready to mount on.
+    Ready,
+    /// A mount left by a killed daemon ("transport endpoint is not connected") was detached.
+    CleanedStaleMount,
+}
+
+/// Makes `mountpoint` ready: creates it if missing and detaches a stale FUSE mount left by a
+/// daemon that was killed. A live file system mounted there is an error.
+pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+            warn!(mountpoint = %mountpoint.display(), "detached a stale mount left by a previous daemon");
+            Ok(MountpointState::CleanedStaleMount)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(mountpoint)?;
+            Ok(MountpointState::Ready)
+        }
+        Err(e) => Err(e),
+        Ok(m) if !m.is_dir() => {
+            Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{} is not a directory", mountpoint.display())))
+        }
+        Ok(_) => {
+            if is_mountpoint(mountpoint)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already has a file system mounted on it", mountpoint.display()),
+                ));
+            }
+            Ok(MountpointState::Ready)
+        }
+    }
+}
+
+/// Whether `path` is the mount point of a mounted file system (per /proc/self/mountinfo).
+fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    let canonical = std::fs::canonicalize(path)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4).is_some_and(|mp| Path::new(&unescape_mountinfo(mp)) == canonical)))
+}
+
+/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo paths.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/var/lib/a\040b"), "/var/lib/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}

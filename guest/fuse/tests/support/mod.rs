@@ -1,0 +1,80 @@
+//! A real FUSE mount of a fresh engine in a temporary directory, for the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lcfs_engine::device::{Device, FileDevice};
+use lcfs_engine::{Engine, FormatOptions, LayerKind, OpenOptions};
+use lcfs_fuse::{Mount, MountOptions};
+
+/// An engine on a sparse file device, mounted; unmounted and removed on drop.
+pub struct Mounted {
+    pub engine: Engine,
+    pub mount: Option<Mount>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    pub fn new(size: u64) -> Mounted {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device_path = dir.path().join("device.img");
+        let device: Arc<dyn Device> = Arc::new(FileDevice::open_or_create(&device_path, size).expect("create device"));
+        Engine::format(&device, &FormatOptions::default()).expect("format");
+        let engine = Engine::open(device, &OpenOptions::default()).expect("open");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let mount = lcfs_fuse::mount(engine.clone(), &mnt, &MountOptions::default()).expect("mount");
+        Mounted { engine, mount: Some(mount), dir }
+    }
+
+    pub fn mountpoint(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// The directory of a layer in the mount.
+    pub fn layer_dir(&self, name: &str) -> PathBuf {
+        self.mountpoint().join(name)
+    }
+
+    pub fn create_layer(&self, name: &str, parent: Option<&str>) -> PathBuf {
+        self.engine.create_layer(name, parent, LayerKind::Writable, BTreeMap::new()).expect("create layer");
+        self.invalidate(name);
+        self.layer_dir(name)
+    }
+
+    pub fn commit(&self, key: &str, name: &str) -> PathBuf {
+        self.engine.commit_layer(key, name, None).expect("commit");
+        self.invalidate(key);
+        self.invalidate(name);
+        self.layer_dir(name)
+    }
+
+    pub fn invalidate(&self, name: &str) {
+        if let Some(m) = &self.mount {
+            m.invalidate_layer(name);
+        }
+    }
+
+    pub fn unmount(&mut self) {
+        if let Some(m) = self.mount.take() {
+            m.unmount().expect("unmount");
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(script: &str, cwd: &Path) -> String {
+    let out = std::process::Command::new("sh").arg("-c").arg(script).current_dir(cwd).output().expect("run sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "`{script}` failed:\n{text}");
+    text
+}
