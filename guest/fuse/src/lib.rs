@@ -102,7 +102,7 @@ pub enum MountpointState {
 pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
     match std::fs::metadata(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+            detach(mountpoint)?;
             warn!(mountpoint = %mountpoint.display(), "detached a stale mount left by a previous daemon");
             Ok(MountpointState::CleanedStaleMount)
         }
@@ -124,6 +124,11 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
             Ok(MountpointState::Ready)
         }
     }
+}
+
+/// Detaches whatever is mounted on `mountpoint` (lazily: it goes away with its last user).
+pub fn detach(mountpoint: &Path) -> io::Result<()> {
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
 }
 
 /// Whether `path` is the mount point of a mounted file system (per /proc/self/mountinfo).

@@ -18,6 +18,90 @@ pub enum Command {
     Format(FormatArgs),
     /// Check a device without writing to it; exits 0 only when it is clean.
     Fsck(FsckArgs),
+    /// Serve a device: mount every layer under the mountpoint and answer the API on a unix
+    /// socket until SIGTERM or SIGINT, then flush, unmount and exit 0.
+    Run(RunArgs),
+    /// Manage the layers of a running daemon through its API socket.
+    Layer {
+        #[command(subcommand)]
+        command: LayerCommand,
+    },
+}
+
+/// Where the API socket is unless told otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/lcfs/api.sock";
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Path of the device file or block device; an empty or missing file is formatted.
+    #[arg(long)]
+    pub device: PathBuf,
+    /// Size of the device in bytes (suffixes K, M, G, T accepted): a missing file is created
+    /// with this size, a smaller one grows to it.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Directory to mount on; each layer appears as <mountpoint>/<layer>.
+    #[arg(long)]
+    pub mountpoint: PathBuf,
+    /// Unix socket of the lcfs API (created with mode 0600).
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    pub api_socket: PathBuf,
+    /// Threads serving file system requests.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Seconds between checkpoints that make file changes durable (0: only on fsync and
+    /// layer operations).
+    #[arg(long, default_value_t = 5)]
+    pub checkpoint_interval: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LayerCommand {
+    /// Create a writable layer (or a read-only view), empty or on a committed parent.
+    Create {
+        /// Name of the new layer (its directory name in the mount).
+        id: String,
+        /// Committed layer to build on.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Create a read-only view instead of a writable layer.
+        #[arg(long)]
+        view: bool,
+        /// Label as KEY=VALUE; may be repeated.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long, default_value = DEFAULT_API_SOCKET)]
+        api_socket: PathBuf,
+    },
+    /// Commit the writable layer KEY as the immutable layer NAME (NAME may equal KEY).
+    Commit {
+        key: String,
+        name: String,
+        #[arg(long, default_value = DEFAULT_API_SOCKET)]
+        api_socket: PathBuf,
+    },
+    /// Remove a layer that has no children.
+    Remove {
+        id: String,
+        #[arg(long, default_value = DEFAULT_API_SOCKET)]
+        api_socket: PathBuf,
+    },
+    /// List the layers, parents before children.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_API_SOCKET)]
+        api_socket: PathBuf,
+    },
+}
+
+/// Parses KEY=VALUE.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,6 +1,7 @@
 //! `lcfsd`: the lcfs guest daemon. `main` only parses arguments, sets up logging and
 //! dispatches; each command lives in `commands/`.
 
+mod api;
 mod cli;
 mod commands;
 

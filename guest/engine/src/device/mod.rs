@@ -15,7 +15,7 @@ mod file;
 mod mem;
 
 pub use crash::{CrashDevice, CrashMode};
-pub use file::FileDevice;
+pub use file::{FileDevice, FileDeviceError};
 pub use mem::MemDevice;
 
 use std::fmt::Debug;

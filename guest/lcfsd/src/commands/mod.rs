@@ -2,6 +2,8 @@
 
 mod format;
 mod fsck;
+mod layer;
+mod run;
 
 use std::process::ExitCode;
 
@@ -16,5 +18,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Format(args) => format::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Fsck(args) => fsck::run(&args),
+        Command::Run(args) => run::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Layer { command } => layer::run(command).map(|()| ExitCode::SUCCESS),
     }
 }
