@@ -75,3 +75,25 @@ pub(crate) fn mount_root_attr(layers: usize, mounted_at: SystemTime) -> FileAttr
 pub(crate) fn errno(e: &lcfs_engine::Error) -> Errno {
     Errno::from_i32(e.errno())
 }
+
+/// The attributes of a negative entry: inode 0 tells the kernel the name does not exist.
+pub(crate) fn negative_entry() -> FileAttr {
+    let epoch = SystemTime::UNIX_EPOCH;
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: epoch,
+        mtime: epoch,
+        ctime: epoch,
+        crtime: epoch,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}

@@ -28,12 +28,17 @@ use lcfs_engine::{
 };
 use tracing::{debug, warn};
 
-use crate::attr::{FILE_TTL, ROOT_TTL, errno, file_attr, file_type, mount_root_attr};
+use crate::attr::{FILE_TTL, ROOT_TTL, errno, file_attr, file_type, mount_root_attr, negative_entry};
 use crate::inode::Node;
 
 /// Generation of every inode: numbers are never reused (layer ids and inode numbers only
 /// grow), so one generation is enough.
 const GENERATION: Generation = Generation(0);
+/// How files are opened: layer files change only through this mount, so the page cache stays
+/// valid across opens (`KEEP_CACHE`); nothing is buffered here, so `close` need not wait for a
+/// `FLUSH` round trip (`NOFLUSH`).
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
 /// Largest read or write the kernel may send in one request.
 pub(crate) const MAX_IO: u32 = 1 << 20;
 
@@ -93,6 +98,7 @@ pub struct LcfsFs {
     engine: Engine,
     handles: Handles,
     mounted_at: SystemTime,
+    writeback_cache: bool,
 }
 
 type Reply<T> = Result<T, Errno>;
@@ -113,8 +119,11 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl LcfsFs {
-    pub fn new(engine: Engine) -> LcfsFs {
-        LcfsFs { engine, handles: Handles::default(), mounted_at: SystemTime::now() }
+    /// A file system over `engine`. With `writeback_cache` the kernel keeps written data in
+    /// its page cache and sends it in large writes later (and on fsync), as local file systems
+    /// do.
+    pub fn new(engine: Engine, writeback_cache: bool) -> LcfsFs {
+        LcfsFs { engine, handles: Handles::default(), mounted_at: SystemTime::now(), writeback_cache }
     }
 
     fn node(&self, ino: INodeNo) -> Reply<Node> {
@@ -300,7 +309,8 @@ impl Filesystem for LcfsFs {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
         ];
-        for flag in wanted {
+        let writeback = self.writeback_cache.then_some(InitFlags::FUSE_WRITEBACK_CACHE);
+        for flag in wanted.into_iter().chain(writeback) {
             if let Err(missing) = config.add_capabilities(flag) {
                 debug!(?missing, "the kernel lacks a FUSE capability");
             }
@@ -319,6 +329,12 @@ impl Filesystem for LcfsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent, name) {
             Ok((ttl, attr)) => reply.entry(&ttl, &attr, GENERATION),
+            // A name missing in a layer stays missing until a change through this mount adds
+            // it (which the kernel sees), so the kernel may remember the miss: inode 0 is a
+            // negative entry. Layer names at the mount root change through the API instead.
+            Err(e) if e == Errno::ENOENT && parent != INodeNo::ROOT => {
+                reply.entry(&FILE_TTL, &negative_entry(), GENERATION)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -488,7 +504,7 @@ impl Filesystem for LcfsFs {
         match self.do_open(ino, flags) {
             // Layer files change only through this mount, so the page cache stays valid
             // across opens.
-            Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(fh, OPEN_FLAGS),
             Err(e) => reply.error(e),
         }
     }
@@ -540,10 +556,6 @@ impl Filesystem for LcfsFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
-    }
-
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
     }
 
     fn release(
@@ -747,7 +759,7 @@ impl Filesystem for LcfsFs {
             Ok((attr, fh))
         })();
         match r {
-            Ok((attr, fh)) => reply.created(&FILE_TTL, &attr, GENERATION, fh, FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((attr, fh)) => reply.created(&FILE_TTL, &attr, GENERATION, fh, OPEN_FLAGS),
             Err(e) => reply.error(e),
         }
     }

@@ -26,11 +26,13 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let every user reach the mount (`allow_other`); containers run as many users.
     pub allow_other: bool,
+    /// Let the kernel cache writes (FUSE writeback cache).
+    pub writeback_cache: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, allow_other: true }
+        MountOptions { threads: 4, allow_other: true, writeback_cache: false }
     }
 }
 
@@ -81,7 +83,7 @@ pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::R
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(LcfsFs::new(engine), mountpoint, &config)?;
+    let session = Session::new(LcfsFs::new(engine, options.writeback_cache), mountpoint, &config)?;
     let notifier = session.notifier();
     let session = session.spawn()?;
     info!(mountpoint = %mountpoint.display(), threads = options.threads, "mounted");

@@ -46,13 +46,16 @@ pub struct RunArgs {
     /// Unix socket of the lcfs API (created with mode 0600).
     #[arg(long, default_value = DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
-    /// Threads serving file system requests.
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
+    /// Threads serving file system requests (default: one per CPU, at least 2).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Seconds between checkpoints that make file changes durable (0: only on fsync and
     /// layer operations).
     #[arg(long, default_value_t = 5)]
     pub checkpoint_interval: u64,
+    /// Let the kernel cache writes and send them in large batches (FUSE writeback cache).
+    #[arg(long)]
+    pub writeback_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]

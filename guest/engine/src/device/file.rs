@@ -2,10 +2,17 @@
 //!
 //! Regular files are created sparse with `set_len` and can grow. The file is locked exclusively
 //! (`flock`) while open so that two engines never share a device.
+//!
+//! Large transfers of file data go through a second descriptor opened with `O_DIRECT`, so the
+//! data is not cached twice (once by the kernel for the lcfs file, once here for the device
+//! file). Small ones stay buffered; Linux keeps buffered and direct access to one file coherent
+//! (direct I/O writes back and invalidates the cached pages it overlaps).
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +27,35 @@ pub struct FileDevice {
     is_block: bool,
     /// Length, read once at open and changed only by `grow`.
     len: AtomicU64,
+    /// The same file opened with `O_DIRECT`, if the file system allows it.
+    direct: Option<File>,
+}
+
+/// Alignment `O_DIRECT` needs for offsets, lengths and memory (the largest logical block size
+/// of common devices).
+const DIRECT_ALIGN: usize = 4096;
+/// Largest piece moved through the bounce buffer at once.
+const DIRECT_CHUNK: usize = 1 << 20;
+
+thread_local! {
+    /// An aligned buffer for direct transfers, kept per thread.
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with an aligned buffer of `len` bytes (at most `DIRECT_CHUNK`).
+fn with_bounce<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BOUNCE.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < DIRECT_CHUNK + DIRECT_ALIGN {
+            b.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
+        }
+        let start = b.as_ptr().align_offset(DIRECT_ALIGN);
+        f(&mut b[start..start + len])
+    })
+}
+
+fn aligned(x: u64) -> bool {
+    x.is_multiple_of(DIRECT_ALIGN as u64)
 }
 
 /// Why a file device could not be opened.
@@ -77,7 +113,15 @@ impl FileDevice {
     fn new(file: File, path: &Path, is_block: bool) -> Result<FileDevice, FileDeviceError> {
         let len = if is_block { (&file).seek(SeekFrom::End(0)) } else { file.metadata().map(|m| m.len()) }
             .map_err(|source| FileDeviceError::Io { path: path.display().to_string(), source })?;
-        Ok(FileDevice { file, path: path.to_path_buf(), is_block, len: AtomicU64::new(len) })
+        // File systems without direct I/O (tmpfs) refuse the flag; everything stays buffered.
+        let direct = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .or_else(|_| OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path))
+            .ok();
+        Ok(FileDevice { file, path: path.to_path_buf(), is_block, len: AtomicU64::new(len), direct })
     }
 
     /// Opens a device for reading only, with a shared lock: several checkers may read it at
@@ -151,6 +195,48 @@ impl Device for FileDevice {
         Ok(())
     }
 
+    fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let Some(direct) = &self.direct else { return self.write_at(buf, offset) };
+        if !aligned(offset) || !aligned(buf.len() as u64) {
+            return self.write_at(buf, offset);
+        }
+        let len = self.len()?;
+        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
+            return Err(out_of_range(offset, buf.len(), len));
+        }
+        for (i, chunk) in buf.chunks(DIRECT_CHUNK).enumerate() {
+            with_bounce(chunk.len(), |b| {
+                b.copy_from_slice(chunk);
+                direct.write_all_at(b, offset + (i * DIRECT_CHUNK) as u64)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let Some(direct) = &self.direct else { return self.read_at(buf, offset) };
+        let end = offset.checked_add(buf.len() as u64).ok_or_else(|| out_of_range(offset, buf.len(), 0))?;
+        // Read whole aligned blocks around the range and copy out what was asked for.
+        let first = offset / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+        let last = end.div_ceil(DIRECT_ALIGN as u64) * DIRECT_ALIGN as u64;
+        if last > self.len()? {
+            return self.read_at(buf, offset);
+        }
+        let mut at = first;
+        while at < last {
+            let n = ((last - at) as usize).min(DIRECT_CHUNK);
+            with_bounce(n, |b| -> io::Result<()> {
+                direct.read_exact_at(b, at)?;
+                let (from, to) = (at.max(offset), (at + n as u64).min(end));
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&b[(from - at) as usize..(to - at) as usize]);
+                Ok(())
+            })?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
         if self.is_block {
             return Ok(false);
@@ -192,6 +278,26 @@ mod tests {
         assert!(matches!(FileDevice::open(&path), Err(FileDeviceError::Locked { .. })));
         drop(dev);
         FileDevice::open(&path).expect("reopen after the first closed");
+    }
+
+    #[test]
+    fn direct_transfers_agree_with_buffered_ones_at_any_alignment() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let path = dir.path().join("dev.img");
+        let dev = FileDevice::open_or_create(&path, 8 << 20).expect("create");
+        let data: Vec<u8> = (0..(3 << 20)).map(|i| (i % 253) as u8).collect();
+        dev.write_direct(&data, 4096).expect("aligned direct write");
+        dev.write_direct(&data[..5000], 7).expect("unaligned falls back to buffered");
+        let mut buffered = vec![0u8; 3 << 20];
+        dev.read_at(&mut buffered, 4096).expect("read");
+        assert!(buffered[4096..] == data[4096..], "direct write seen by buffered read");
+        for (off, len) in [(0u64, 10usize), (4100, 100_000), (7, 5000), (4096, 3 << 20)] {
+            let mut direct = vec![0u8; len];
+            let mut plain = vec![0u8; len];
+            dev.read_direct(&mut direct, off).expect("direct read");
+            dev.read_at(&mut plain, off).expect("read");
+            assert!(direct == plain, "mismatch at {off}+{len}");
+        }
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub trait Device: Send + Sync + Debug {
     fn grow(&self, len: u64) -> io::Result<()>;
     /// A name for messages: the path, or a description.
     fn name(&self) -> String;
+    /// Writes a large transfer, bypassing the host's page cache where the device can (file
+    /// data is cached once, by whoever reads it, not a second time here). Durable like
+    /// `write_at`: after the next `sync`. The default is `write_at`.
+    fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)
+    }
+    /// Reads a large transfer, bypassing the host's page cache where the device can. The
+    /// default is `read_at`.
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
+    }
     /// Makes `[offset, offset+len)` read as zeros cheaply (a hole punch or discard) and returns
     /// `true`, or returns `false` if the device cannot, leaving it unchanged.
     fn zero_range(&self, _offset: u64, _len: u64) -> io::Result<bool> {
@@ -66,6 +77,12 @@ impl<D: Device + ?Sized> Device for Arc<D> {
     }
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
         (**self).zero_range(offset, len)
+    }
+    fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_direct(buf, offset)
+    }
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_direct(buf, offset)
     }
 }
 
@@ -124,6 +141,14 @@ impl<D: Device> Device for CountingDevice<D> {
     }
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
         self.inner.zero_range(offset, len)
+    }
+    fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.write_direct(buf, offset)
+    }
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.read_direct(buf, offset)
     }
 }
 

@@ -30,6 +30,15 @@ pub(crate) const MAX_FILE_SIZE: u64 = 1 << 43;
 const BS: u64 = BLOCK_SIZE;
 /// Device block number marking a hole in an extent.
 const HOLE: u64 = 0;
+/// Transfers of file data at least this large bypass the device's page cache (the kernel
+/// already caches them for the lcfs file); smaller ones stay buffered, where a direct
+/// transfer would cost a disk round trip each.
+const DIRECT_MIN: usize = 64 << 10;
+
+/// Writes file data to the device, large transfers directly.
+fn write_data(device: &dyn Device, bytes: &[u8], at: u64) -> std::io::Result<()> {
+    if bytes.len() >= DIRECT_MIN { device.write_direct(bytes, at) } else { device.write_at(bytes, at) }
+}
 
 /// A piece of a file's byte range and where its bytes live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,10 +84,11 @@ impl WritePlan {
     /// Copies the data to the device.
     pub(crate) fn perform(&self, device: &dyn Device, data: &[u8]) -> std::io::Result<()> {
         for (at, piece) in &self.pieces {
-            match piece {
-                Piece::Caller(r) => device.write_at(&data[r.clone()], *at)?,
-                Piece::Owned(b) => device.write_at(b, *at)?,
-            }
+            let bytes = match piece {
+                Piece::Caller(r) => &data[r.clone()],
+                Piece::Owned(b) => b.as_slice(),
+            };
+            write_data(device, bytes, *at)?;
         }
         Ok(())
     }
@@ -197,6 +207,7 @@ impl State {
             let at = (s.start - base) as usize;
             let dst = &mut buf[at..at + s.len as usize];
             match s.device {
+                Some(off) if dst.len() >= DIRECT_MIN => self.device.read_direct(dst, off)?,
                 Some(off) => self.device.read_at(dst, off)?,
                 None => dst.fill(0),
             }
@@ -578,7 +589,7 @@ impl State {
                 let mut written = 0;
                 while written < n * BS {
                     let chunk = (n * BS - written).min(zeros.len() as u64);
-                    self.device.write_at(&zeros[..chunk as usize], dev * BS + written)?;
+                    write_data(self.device.as_ref(), &zeros[..chunk as usize], dev * BS + written)?;
                     written += chunk;
                 }
                 self.replace_extents(l, ino, fb, n, Some(dev))?;

@@ -26,7 +26,12 @@ impl Mounted {
         let engine = Engine::open(device, &OpenOptions::default()).expect("open");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        let mount = lcfs_fuse::mount(engine.clone(), &mnt, &MountOptions::default()).expect("mount");
+        // LCFS_TEST_WRITEBACK=1 runs the same tests with the kernel's writeback cache.
+        let options = MountOptions {
+            writeback_cache: std::env::var_os("LCFS_TEST_WRITEBACK").is_some(),
+            ..MountOptions::default()
+        };
+        let mount = lcfs_fuse::mount(engine.clone(), &mnt, &options).expect("mount");
         Mounted { engine, mount: Some(mount), dir }
     }
 

@@ -35,9 +35,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         MountpointState::Ready => {}
     }
-    let mount =
-        lcfs_fuse::mount(engine.clone(), &args.mountpoint, &MountOptions { threads: args.threads, allow_other: true })
-            .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).max(2));
+    let mount = lcfs_fuse::mount(
+        engine.clone(),
+        &args.mountpoint,
+        &MountOptions { threads, allow_other: true, writeback_cache: args.writeback_cache },
+    )
+    .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     let daemon = Arc::new(Daemon {
         engine: engine.clone(),
         mount: Some(mount),
