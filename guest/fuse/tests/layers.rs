@@ -7,7 +7,7 @@ mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use support::Mounted;
 
@@ -234,4 +234,26 @@ fn nix_statfs(path: &std::path::Path) -> (u64, u64) {
     // SAFETY: the path is NUL-terminated; st is a valid, writable statvfs.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     (st.f_bsize, st.f_bavail)
+}
+
+#[test]
+fn o_tmpfile_is_refused_cleanly_until_fuser_supports_it() {
+    // fuser 0.18 has no FUSE_TMPFILE handler, so the kernel answers EOPNOTSUPP and programs
+    // fall back to a named temporary file (the engine itself supports unnamed files:
+    // `Engine::create_unnamed`).
+    let m = Mounted::new(1 << 30);
+    let l = m.create_layer("l", None);
+    let err = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&l)
+        .expect_err("O_TMPFILE is not supported through fuser 0.18");
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
+    let mut named = tempfile::NamedTempFile::new_in(&l).expect("the usual fallback works");
+    named.write_all(b"temporary").expect("write");
+    let path = named.path().to_path_buf();
+    assert_eq!(fs::read(&path).expect("read"), b"temporary");
+    drop(named);
+    assert!(!path.exists());
 }
