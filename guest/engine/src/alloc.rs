@@ -158,6 +158,20 @@ impl Allocator {
         self.insert_free(start, len);
     }
 
+    /// The parked runs, sorted and with neighbours merged (to discard them before release).
+    pub fn pending_runs(&self) -> Vec<Run> {
+        let mut runs = self.pending.clone();
+        runs.sort_unstable();
+        let mut merged: Vec<Run> = Vec::with_capacity(runs.len());
+        for (s, l) in runs {
+            match merged.last_mut() {
+                Some((ms, ml)) if *ms + *ml == s => *ml += l,
+                _ => merged.push((s, l)),
+            }
+        }
+        merged
+    }
+
     /// Makes the parked runs reusable; call after a durable flush.
     pub fn release_pending(&mut self) {
         for (s, l) in std::mem::take(&mut self.pending) {
@@ -223,6 +237,16 @@ mod tests {
         assert!(a.allocate(1, None).is_none());
         a.release_pending();
         assert_eq!(a.allocate(3, None), Some(vec![(2, 3)]));
+    }
+
+    #[test]
+    fn pending_runs_come_sorted_and_merged() {
+        let mut a = Allocator::new(0, 100);
+        a.allocate(100, None).expect("space");
+        a.free(10, 5);
+        a.free(0, 10);
+        a.free(50, 1);
+        assert_eq!(a.pending_runs(), vec![(0, 15), (50, 1)]);
     }
 
     #[test]

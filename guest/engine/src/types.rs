@@ -203,19 +203,29 @@ pub struct NewNode {
     pub rdev: u64,
     /// Target of a symbolic link; empty otherwise.
     pub target: Vec<u8>,
+    /// Extended attributes the object starts with (an inherited ACL, for instance).
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl NewNode {
     pub fn file(perm: u16, uid: u32, gid: u32) -> NewNode {
-        NewNode { kind: FileKind::Regular, perm, uid, gid, rdev: 0, target: Vec::new() }
+        NewNode { kind: FileKind::Regular, perm, uid, gid, rdev: 0, target: Vec::new(), xattrs: BTreeMap::new() }
     }
 
     pub fn dir(perm: u16, uid: u32, gid: u32) -> NewNode {
-        NewNode { kind: FileKind::Directory, perm, uid, gid, rdev: 0, target: Vec::new() }
+        NewNode { kind: FileKind::Directory, perm, uid, gid, rdev: 0, target: Vec::new(), xattrs: BTreeMap::new() }
     }
 
     pub fn symlink(target: &[u8], uid: u32, gid: u32) -> NewNode {
-        NewNode { kind: FileKind::Symlink, perm: 0o777, uid, gid, rdev: 0, target: target.to_vec() }
+        NewNode {
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            uid,
+            gid,
+            rdev: 0,
+            target: target.to_vec(),
+            xattrs: BTreeMap::new(),
+        }
     }
 }
 

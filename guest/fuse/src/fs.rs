@@ -28,6 +28,7 @@ use lcfs_engine::{
 };
 use tracing::{debug, warn};
 
+use crate::acl;
 use crate::attr::{FILE_TTL, ROOT_TTL, errno, file_attr, file_type, mount_root_attr, negative_entry};
 use crate::inode::Node;
 
@@ -174,9 +175,10 @@ impl LcfsFs {
         }
     }
 
-    /// Who owns a new file, and its permission bits, as Linux decides for local file systems:
-    /// the caller, except in a set-group-id directory, whose group the file takes (and which a
-    /// new subdirectory inherits the bit of).
+    /// Who owns a new file, its permission bits and its ACL, as Linux decides for local file
+    /// systems: the caller owns it, except that in a set-group-id directory it takes the
+    /// directory's group (and a new subdirectory the bit); the permission bits are the mode
+    /// narrowed by the directory's default ACL if it has one, by the umask otherwise.
     fn new_node(
         &self,
         req: &Request,
@@ -186,23 +188,40 @@ impl LcfsFs {
         mode: u32,
         umask: u32,
     ) -> Reply<NewNode> {
-        let mut perm = (mode & 0o7777 & !umask) as u16;
-        let mut gid = req.gid();
         let dir = self.engine.getattr(layer, parent).map_err(|e| errno(&e))?;
+        let mut node = NewNode {
+            kind,
+            perm: (mode & 0o7777 & !umask) as u16,
+            uid: req.uid(),
+            gid: req.gid(),
+            ..NewNode::file(0, 0, 0)
+        };
         if u32::from(dir.perm) & libc::S_ISGID != 0 {
-            gid = dir.gid;
+            node.gid = dir.gid;
             if kind == FileKind::Directory {
-                perm |= libc::S_ISGID as u16;
+                node.perm |= libc::S_ISGID as u16;
+            }
+        }
+        if kind != FileKind::Symlink
+            && let Ok(default) = self.engine.get_xattr(layer, parent, acl::DEFAULT)
+            && let Some(inherited) = acl::inherit(&default, mode & 0o7777)
+        {
+            node.perm = inherited.perm | (node.perm & libc::S_ISGID as u16);
+            if let Some(access) = inherited.access {
+                node.xattrs.insert(acl::ACCESS.to_vec(), access);
+            }
+            if kind == FileKind::Directory {
+                node.xattrs.insert(acl::DEFAULT.to_vec(), default);
             }
         }
         if kind != FileKind::Directory
-            && u32::from(perm) & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
-            && gid != req.gid()
+            && u32::from(node.perm) & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
+            && node.gid != req.gid()
             && req.uid() != 0
         {
-            perm &= !(libc::S_ISGID as u16);
+            node.perm &= !(libc::S_ISGID as u16);
         }
-        Ok(NewNode { kind, perm, uid: req.uid(), gid, rdev: 0, target: Vec::new() })
+        Ok(node)
     }
 
     fn make(&self, parent: INodeNo, name: &OsStr, node: &NewNode) -> Reply<FileAttr> {
@@ -215,9 +234,18 @@ impl LcfsFs {
         Ok(self.engine.layer_by_id(layer).map_err(|e| errno(&e))?.kind == LayerKind::Writable)
     }
 
-    fn do_setattr(&self, ino: INodeNo, set: &SetAttr) -> Reply<FileAttr> {
+    /// Changes attributes, dropping privileges as Linux does: a change of owner drops file
+    /// capabilities and the set-id bits of non-directories; a truncation drops capabilities, and
+    /// the set-id bits too unless root truncates.
+    fn do_setattr(&self, req: &Request, ino: INodeNo, set: &SetAttr) -> Reply<FileAttr> {
         let (layer, ino) = self.file(ino, Errno::EPERM)?;
-        let a = self.engine.setattr(layer, ino, set).map_err(|e| errno(&e))?;
+        let mut a = self.engine.setattr(layer, ino, set).map_err(|e| errno(&e))?;
+        let chown = (set.uid.is_some() || set.gid.is_some()) && set.perm.is_none();
+        if chown || set.size.is_some() {
+            let setid = chown || req.uid() != 0;
+            self.engine.drop_privileges(layer, ino, setid).map_err(|e| errno(&e))?;
+            a = self.engine.getattr(layer, ino).map_err(|e| errno(&e))?;
+        }
         self.attr_of(layer, &a)
     }
 
@@ -278,7 +306,7 @@ impl LcfsFs {
         }
     }
 
-    fn copy_range(&self, from: (INodeNo, u64), to: (INodeNo, u64), len: u64) -> Reply<u32> {
+    fn copy_range(&self, from: (INodeNo, u64), to: (INodeNo, u64), len: u64, setid: bool) -> Reply<u32> {
         let (src_layer, src) = self.file(from.0, Errno::EISDIR)?;
         let (dst_layer, dst) = self.file(to.0, Errno::EISDIR)?;
         let len = len.min(u64::from(u32::MAX));
@@ -293,6 +321,7 @@ impl LcfsFs {
             self.engine.write(dst_layer, dst, to.1 + done, &buf[..n]).map_err(|e| errno(&e))?;
             done += n as u64;
         }
+        self.engine.drop_privileges(dst_layer, dst, setid).map_err(|e| errno(&e))?;
         Ok(done as u32)
     }
 }
@@ -308,6 +337,12 @@ impl Filesystem for LcfsFs {
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
+            // The kernel enforces ACLs kept in system.posix_acl_* xattrs.
+            InitFlags::FUSE_POSIX_ACL,
+            // Privileges are dropped here on modification (see `drop_privileges`), which lets
+            // the kernel mark inodes as having no security xattrs to check instead of asking
+            // for security.capability before every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         let writeback = self.writeback_cache.then_some(InitFlags::FUSE_WRITEBACK_CACHE);
         for flag in wanted.into_iter().chain(writeback) {
@@ -348,7 +383,7 @@ impl Filesystem for LcfsFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -373,7 +408,7 @@ impl Filesystem for LcfsFs {
             mtime: mtime.map(set_time),
             ctime: ctime.map(timestamp),
         };
-        match self.do_setattr(ino, &set) {
+        match self.do_setattr(req, ino, &set) {
             Ok(attr) => reply.attr(&FILE_TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -544,15 +579,19 @@ impl Filesystem for LcfsFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self
-            .file(ino, Errno::EISDIR)
-            .and_then(|(l, i)| self.engine.write(l, i, offset, data).map_err(|e| errno(&e)))
-        {
+        let r = self.file(ino, Errno::EISDIR).and_then(|(l, i)| {
+            let n = self.engine.write(l, i, offset, data).map_err(|e| errno(&e))?;
+            // The kernel flags writers without CAP_FSETID; capabilities go on any write.
+            let setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+            self.engine.drop_privileges(l, i, setid).map_err(|e| errno(&e))?;
+            Ok(n)
+        });
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
@@ -663,9 +702,8 @@ impl Filesystem for LcfsFs {
             if position != 0 {
                 return Err(Errno::EINVAL);
             }
-            if bytes(name).starts_with(b"system.posix_acl_") {
-                // ACLs are not supported; the kernel checks mode bits (default_permissions).
-                return Err(Errno::EOPNOTSUPP);
+            if (bytes(name) == acl::ACCESS || bytes(name) == acl::DEFAULT) && !acl::is_valid(value) {
+                return Err(Errno::EINVAL);
             }
             let mode = match flags {
                 0 => XattrMode::Upsert,
@@ -766,7 +804,7 @@ impl Filesystem for LcfsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -783,7 +821,8 @@ impl Filesystem for LcfsFs {
                 libc::FALLOC_FL_ZERO_RANGE => FallocateMode::ZeroRange { keep_size },
                 _ => return Err(Errno::EOPNOTSUPP),
             };
-            self.engine.fallocate(layer, ino, offset, length, mode).map_err(|e| errno(&e))
+            self.engine.fallocate(layer, ino, offset, length, mode).map_err(|e| errno(&e))?;
+            self.engine.drop_privileges(layer, ino, req.uid() != 0).map_err(|e| errno(&e))
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -793,7 +832,7 @@ impl Filesystem for LcfsFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -804,7 +843,7 @@ impl Filesystem for LcfsFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.copy_range((ino_in, offset_in), (ino_out, offset_out), len) {
+        match self.copy_range((ino_in, offset_in), (ino_out, offset_out), len, req.uid() != 0) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }

@@ -257,3 +257,84 @@ fn o_tmpfile_is_refused_cleanly_until_fuser_supports_it() {
     drop(named);
     assert!(!path.exists());
 }
+
+/// An ACL xattr value: version 2 header and (tag, perm, id) entries.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn posix_acls_are_kept_enforced_and_inherited() {
+    let m = Mounted::new(1 << 30);
+    let l = m.create_layer("l", None);
+    let dir = l.join("shared");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).expect("chmod");
+    // default ACL: user::rwx user:nobody(65534):rwx group::r-x mask::rwx other::---
+    let default = acl_value(&[
+        (0x01, 7, u32::MAX),
+        (0x02, 7, 65534),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    xattr_set(&dir, "system.posix_acl_default", &default);
+    xattr_set(&dir, "system.posix_acl_access", &default);
+    assert_eq!(xattr_get(&dir, "system.posix_acl_default").as_deref(), Some(default.as_slice()));
+    // A file created inside inherits the default ACL, narrowed by its create mode (0640).
+    let f = dir.join("f");
+    OpenOptions::new().write(true).create_new(true).mode(0o640).open(&f).expect("create");
+    let access = xattr_get(&f, "system.posix_acl_access").expect("inherited access ACL");
+    assert_eq!(&access[..4], &2u32.to_le_bytes());
+    assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o777, 0o640);
+    let sub = dir.join("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    assert_eq!(xattr_get(&sub, "system.posix_acl_default").as_deref(), Some(default.as_slice()));
+    // The kernel enforces it: nobody may enter the 0770 directory through the named entry.
+    let out =
+        std::process::Command::new("runuser").args(["-u", "nobody", "--", "ls"]).arg(&dir).output().expect("runuser");
+    assert!(out.status.success(), "the ACL grants nobody access: {}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        std::process::Command::new("runuser").args(["-u", "tests", "--", "ls"]).arg(&dir).output().expect("runuser");
+    assert!(!out.status.success(), "others are refused");
+}
+
+#[test]
+fn modification_drops_privileges_as_linux_does() {
+    let m = Mounted::new(1 << 30);
+    let l = m.create_layer("l", None);
+    let f = l.join("tool");
+    fs::write(&f, b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).expect("chmod");
+    xattr_set(&f, "security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // Root writes: capabilities go, set-id bits stay (root holds CAP_FSETID).
+    OpenOptions::new().append(true).open(&f).expect("open").write_all(b"echo\n").expect("append");
+    assert_eq!(xattr_get(&f, "security.capability"), None);
+    assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o6777);
+    // Another user writes: set-id bits go too.
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "tests", "--", "sh", "-c"])
+        .arg(format!("echo more >> '{}'", f.display()))
+        .output()
+        .expect("runuser");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o0777);
+    // A change of owner drops them as well.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).expect("chmod");
+    std::os::unix::fs::chown(&f, Some(65534), None).expect("chown");
+    assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o0755);
+}
+
+#[test]
+fn the_mount_gets_a_large_readahead_window() {
+    let m = Mounted::new(1 << 30);
+    let dev = fs::metadata(m.mountpoint()).expect("stat").dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    assert_eq!(fs::read_to_string(&path).expect("read sysfs").trim(), "4096");
+}

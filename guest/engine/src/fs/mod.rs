@@ -660,6 +660,23 @@ impl Engine {
         self.change(layer, Op::Write, |st, l| st.fallocate(l, ino, offset, len, mode))
     }
 
+    /// Drops file capabilities and, with `setid`, the set-user-id bit and an effective
+    /// set-group-id bit — what Linux does when a file is written to, truncated or changes owner.
+    /// Cheap and changes nothing when there is nothing to drop.
+    pub fn drop_privileges(&self, layer: LayerId, ino: Ino, setid: bool) -> Result<()> {
+        let needs = self.query(layer, Op::GetAttr, |st, l| {
+            let v = st.live(l, ino)?;
+            let perm = u32::from(v.rec.perm);
+            let setid_bits =
+                perm & libc::S_ISUID != 0 || perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP);
+            Ok(v.rec.xattrs.contains_key(xattr::CAPABILITY_XATTR) || (setid && setid_bits))
+        })?;
+        if !needs {
+            return Ok(());
+        }
+        self.change(layer, Op::SetAttr, |st, l| st.drop_privileges(l, ino, setid))
+    }
+
     /// Value of an extended attribute.
     pub fn get_xattr(&self, layer: LayerId, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         self.query(layer, Op::Xattr, |st, l| st.get_xattr(l, ino, name))
@@ -859,9 +876,22 @@ impl State {
             return Err(e);
         }
         if durable {
+            self.discard_pending();
             self.alloc.release_pending();
         }
         Ok(())
+    }
+
+    /// Gives the space of blocks whose freeing is now durable back to the medium (a hole in a
+    /// device file, so deleted data stops occupying the host's disk). Done before the blocks
+    /// can be reused, so it never races a new write; a failure only costs host space.
+    fn discard_pending(&self) {
+        for (start, len) in self.alloc.pending_runs() {
+            if let Err(e) = self.device.zero_range(start * BLOCK_SIZE, len * BLOCK_SIZE) {
+                warn!(error = %e, "could not give freed space back to the device");
+                return;
+            }
+        }
     }
 
     /// Moves the overlay into the store when it holds more than `max` bytes.

@@ -133,7 +133,7 @@ impl State {
             subdirs: 0,
             links,
             target: node.target.clone(),
-            xattrs: Default::default(),
+            xattrs: node.xattrs.clone(),
         })
     }
 

@@ -408,3 +408,44 @@ fn layer_names_are_file_names_and_commit_may_keep_the_name() {
     let info = e.commit_layer("sha256-abc", "sha256-abc", None).expect("commit in place");
     assert_eq!((info.name.as_str(), info.kind), ("sha256-abc", LayerKind::Committed));
 }
+
+#[test]
+fn dropping_privileges_clears_caps_and_setid_bits_only_when_present() {
+    let e = engine();
+    let l = layer(&e, "l", None);
+    let f = e.create(l, ROOT_INO, b"f", &NewNode::file(0o6755, 0, 0)).expect("create").ino;
+    e.set_xattr(l, f, b"security.capability", b"caps", XattrMode::Upsert).expect("xattr");
+    let before = e.getattr(l, f).expect("attr");
+    e.drop_privileges(l, f, false).expect("drop caps");
+    let a = e.getattr(l, f).expect("attr");
+    assert_eq!(a.perm, 0o6755, "set-id bits stay without setid");
+    assert!(matches!(e.get_xattr(l, f, b"security.capability"), Err(Error::NoAttribute)));
+    assert!(a.ctime >= before.ctime);
+    e.drop_privileges(l, f, true).expect("drop setid");
+    assert_eq!(e.getattr(l, f).expect("attr").perm, 0o0755);
+    // Set-group-id without group execute is mandatory locking, not a privilege: kept.
+    let g = e.create(l, ROOT_INO, b"g", &NewNode::file(0o2644, 0, 0)).expect("create").ino;
+    let ctime = e.getattr(l, g).expect("attr").ctime;
+    e.drop_privileges(l, g, true).expect("nothing to drop");
+    let a = e.getattr(l, g).expect("attr");
+    assert_eq!((a.perm, a.ctime), (0o2644, ctime), "nothing changes, not even ctime");
+}
+
+#[test]
+fn freed_space_goes_back_to_a_file_device() {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let path = dir.path().join("dev.img");
+    let device: Arc<dyn Device> =
+        Arc::new(crate::device::FileDevice::open_or_create(&path, 256 << 20).expect("create"));
+    let e = engine_on(device);
+    let l = layer(&e, "l", None);
+    file(&e, l, ROOT_INO, "big", &vec![7u8; 64 << 20]);
+    e.sync().expect("sync");
+    let allocated = || std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).expect("stat")) * 512;
+    let full = allocated();
+    assert!(full >= 64 << 20, "data is on the device: {full}");
+    e.unlink(l, ROOT_INO, b"big").expect("unlink");
+    e.sync().expect("sync");
+    let after = allocated();
+    assert!(full - after >= 60 << 20, "the file's space went back to the host: {full} -> {after}");
+}

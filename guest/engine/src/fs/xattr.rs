@@ -82,3 +82,33 @@ impl State {
         Ok(())
     }
 }
+
+/// The xattr holding file capabilities, which a write or a change of owner removes.
+pub(crate) const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+impl State {
+    /// Drops what Linux drops when a file is modified or changes owner: its file capabilities
+    /// and, with `setid`, the set-user-id bit and an effective (group-executable) set-group-id
+    /// bit. Changes nothing — not even ctime — when there is nothing to drop.
+    pub(crate) fn drop_privileges(&mut self, l: &LayerRef, ino: Ino, setid: bool) -> Result<()> {
+        let v = self.live(l, ino)?;
+        let perm = u32::from(v.rec.perm);
+        let mut clear = 0u32;
+        if setid && v.rec.kind != crate::types::FileKind::Directory {
+            clear |= perm & libc::S_ISUID;
+            if perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) {
+                clear |= libc::S_ISGID;
+            }
+        }
+        let has_caps = v.rec.xattrs.contains_key(CAPABILITY_XATTR);
+        if clear == 0 && !has_caps {
+            return Ok(());
+        }
+        let mut rec = self.own(l, ino, v)?;
+        rec.perm &= !(clear as u16);
+        rec.xattrs.remove(CAPABILITY_XATTR);
+        rec.ctime = Timestamp::now();
+        self.put_inode(l, ino, &rec);
+        Ok(())
+    }
+}

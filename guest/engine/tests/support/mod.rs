@@ -535,7 +535,7 @@ pub fn apply_engine(e: &Engine, model: &Model, op: &Op) -> Outcome {
         Op::Create { layer, dir, name, kind, perm } => errno((|| {
             let l = layer_id(e, layer)?;
             let d = resolve(e, l, dir)?;
-            let mut node = NewNode { kind: *kind, perm: *perm, uid: 0, gid: 0, rdev: 0, target: Vec::new() };
+            let mut node = NewNode { kind: *kind, perm: *perm, ..NewNode::file(0, 0, 0) };
             if *kind == FileKind::Symlink {
                 node.target = b"../some/target".to_vec();
                 node.perm = 0o777;

@@ -39,7 +39,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mount = lcfs_fuse::mount(
         engine.clone(),
         &args.mountpoint,
-        &MountOptions { threads, allow_other: true, writeback_cache: args.writeback_cache },
+        &MountOptions { threads, writeback_cache: args.writeback_cache, ..MountOptions::default() },
     )
     .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     let daemon = Arc::new(Daemon {
