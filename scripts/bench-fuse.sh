@@ -12,6 +12,7 @@
 #                 machine's apt configuration); only used when the tarball is not cached yet
 #   --rev REV     measure lcfsd built from commit REV (exported with git archive, built in
 #                 DIR/build) instead of the working tree
+# LCFSD_RUN_ARGS in the environment adds options to `lcfsd run` (e.g. --writeback-cache).
 #
 # Runs as root. Installs debootstrap, fuse-overlayfs and fio with apt-get if missing, builds
 # lcfsd (and runs a private copy, so a rebuild during the run changes nothing), builds a Debian
@@ -299,7 +300,7 @@ lcfs_up() {
     rm -rf --one-file-system "$b"
     mkdir -p "$b/mnt"
     "$LCFSD" run --device "$b/disk.img" --size "$LCFS_SIZE" --mountpoint "$b/mnt" \
-        --api-socket "$b/api.sock" 2>"$WORK/lcfsd-run$RUN.log" &
+        --api-socket "$b/api.sock" ${LCFSD_RUN_ARGS:-} 2>"$WORK/lcfsd-run$RUN.log" &
     LCFS_PID=$!
     for i in $(seq 300); do
         lcfs_api list >/dev/null 2>&1 && break
@@ -650,7 +651,7 @@ EOF
 All three keep their backing storage in \`$DIR\`, on the same file system, and start empty
 for every run.
 
-* **lcfs**: \`lcfsd run --device $DIR/lcfs/disk.img --size $LCFS_SIZE --mountpoint … --api-socket …\`
+* **lcfs**: \`lcfsd run --device $DIR/lcfs/disk.img --size $LCFS_SIZE --mountpoint … --api-socket … ${LCFSD_RUN_ARGS:-}\`
   (defaults: one FUSE thread per CPU, checkpoint every 5 s, no writeback cache) on a fresh
   sparse device file, and one writable layer from \`lcfsd layer create bench\`; the workload
   runs in \`<mountpoint>/bench\`. Taken down with SIGTERM, waiting for the daemon to exit.
