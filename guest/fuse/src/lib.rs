@@ -27,7 +27,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let every user reach the mount (`allow_other`); containers run as many users.
     pub allow_other: bool,
-    /// Let the kernel cache writes (FUSE writeback cache).
+    /// Let the kernel cache writes and send them in large batches (FUSE writeback cache). On by
+    /// default: faster for every workload measured (`docs/benchmarks/fuse.md`). Layers must then
+    /// be flushed with [`Mount::flush_layer`] before they are committed.
     pub writeback_cache: bool,
     /// Readahead window of the mount in KiB. The kernel's default for FUSE (128 KiB) makes a
     /// cold sequential read a string of small requests; disks under local file systems get
@@ -37,7 +39,7 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, allow_other: true, writeback_cache: false, readahead_kb: 4096 }
+        MountOptions { threads: 4, allow_other: true, writeback_cache: true, readahead_kb: 4096 }
     }
 }
 
@@ -60,6 +62,14 @@ impl Mount {
             }
             _ => {}
         }
+    }
+
+    /// Makes the kernel send everything it holds dirty for layer `name` (with the writeback
+    /// cache, written data may still be in the kernel's page cache). Called before a layer is
+    /// committed, so the committed layer holds every byte written before the commit.
+    pub fn flush_layer(&self, name: &str) -> io::Result<()> {
+        let dir = std::fs::File::open(self.mountpoint.join(name))?;
+        nix::unistd::syncfs(&dir).map_err(io::Error::from)
     }
 
     /// Where it is mounted.
@@ -131,15 +141,24 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
         Ok(m) if !m.is_dir() => {
             Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{} is not a directory", mountpoint.display())))
         }
-        Ok(_) => {
-            if is_mountpoint(mountpoint)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} already has a file system mounted on it", mountpoint.display()),
-                ));
+        Ok(_) => match mounted_type(mountpoint)? {
+            None => Ok(MountpointState::Ready),
+            // A stat may be answered from the kernel's cache even when the daemon behind the
+            // mount is gone; listing the directory needs the daemon.
+            Some((fstype, source))
+                if fstype.starts_with("fuse")
+                    && source == "lcfs"
+                    && std::fs::read_dir(mountpoint).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) =>
+            {
+                detach(mountpoint)?;
+                warn!(mountpoint = %mountpoint.display(), "detached a stale mount left by a previous daemon");
+                Ok(MountpointState::CleanedStaleMount)
             }
-            Ok(MountpointState::Ready)
-        }
+            Some((fstype, _)) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already has a file system mounted on it ({fstype})", mountpoint.display()),
+            )),
+        },
     }
 }
 
@@ -148,13 +167,24 @@ pub fn detach(mountpoint: &Path) -> io::Result<()> {
     nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
 }
 
-/// Whether `path` is the mount point of a mounted file system (per /proc/self/mountinfo).
-fn is_mountpoint(path: &Path) -> io::Result<bool> {
+/// The type and source of the file system mounted on `path`, if one is (per
+/// /proc/self/mountinfo).
+fn mounted_type(path: &Path) -> io::Result<Option<(String, String)>> {
     let canonical = std::fs::canonicalize(path)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(mountinfo
-        .lines()
-        .any(|line| line.split(' ').nth(4).is_some_and(|mp| Path::new(&unescape_mountinfo(mp)) == canonical)))
+    // Fields: id, parent, dev, root, mount point, options, optional fields..., "-", type,
+    // source, super options.
+    Ok(mountinfo.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mp = fields.nth(4)?;
+        if Path::new(&unescape_mountinfo(mp)) != canonical {
+            return None;
+        }
+        let mut rest = fields.skip_while(|f| *f != "-");
+        rest.next();
+        let fstype = rest.next()?.to_string();
+        Some((fstype, unescape_mountinfo(rest.next().unwrap_or_default())))
+    }))
 }
 
 /// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo paths.

@@ -53,8 +53,9 @@ pub struct RunArgs {
     /// layer operations).
     #[arg(long, default_value_t = 5)]
     pub checkpoint_interval: u64,
-    /// Let the kernel cache writes and send them in large batches (FUSE writeback cache).
-    #[arg(long)]
+    /// Let the kernel cache writes and send them in large batches (FUSE writeback cache);
+    /// `--writeback-cache false` sends every write to the daemon as it happens.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub writeback_cache: bool,
 }
 

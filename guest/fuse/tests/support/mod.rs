@@ -26,9 +26,9 @@ impl Mounted {
         let engine = Engine::open(device, &OpenOptions::default()).expect("open");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        // LCFS_TEST_WRITEBACK=1 runs the same tests with the kernel's writeback cache.
+        // LCFS_TEST_NO_WRITEBACK=1 runs the same tests without the kernel's writeback cache.
         let options = MountOptions {
-            writeback_cache: std::env::var_os("LCFS_TEST_WRITEBACK").is_some(),
+            writeback_cache: std::env::var_os("LCFS_TEST_NO_WRITEBACK").is_none(),
             ..MountOptions::default()
         };
         let mount = lcfs_fuse::mount(engine.clone(), &mnt, &options).expect("mount");
@@ -51,6 +51,9 @@ impl Mounted {
     }
 
     pub fn commit(&self, key: &str, name: &str) -> PathBuf {
+        if let Some(m) = &self.mount {
+            m.flush_layer(key).expect("flush before commit");
+        }
         self.engine.commit_layer(key, name, None).expect("commit");
         self.invalidate(key);
         self.invalidate(name);

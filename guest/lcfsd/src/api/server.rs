@@ -153,6 +153,14 @@ async fn commit(
 ) -> ApiResult<Json<Layer>> {
     let Json(req) = body?;
     let layer = blocking(&d, move |d| {
+        // Data the kernel still caches for the layer must reach it before it is frozen.
+        if let Some(m) = &d.mount
+            && d.engine.layer(&key)?.kind == LayerKind::Writable
+            && let Err(e) = m.flush_layer(&key)
+        {
+            warn!(layer = %key, error = %e, "flushing the layer before commit failed");
+            return Err(lcfs_engine::Error::Io(e));
+        }
         let info = d.engine.commit_layer(&key, &req.name, req.labels)?;
         d.invalidate(&[&key, &info.name]);
         Ok(info)
