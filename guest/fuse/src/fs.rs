@@ -597,6 +597,11 @@ impl Filesystem for LcfsFs {
         }
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Nothing is buffered here; ENOSYS tells the kernel never to send FLUSH again.
+        reply.error(Errno::ENOSYS);
+    }
+
     fn release(
         &self,
         _req: &Request,
