@@ -44,11 +44,6 @@ pub trait Device: Send + Sync + Debug {
     fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.write_at(buf, offset)
     }
-    /// Reads a large transfer, bypassing the host's page cache where the device can. The
-    /// default is `read_at`.
-    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_at(buf, offset)
-    }
     /// Makes `[offset, offset+len)` read as zeros cheaply (a hole punch or discard) and returns
     /// `true`, or returns `false` if the device cannot, leaving it unchanged.
     fn zero_range(&self, _offset: u64, _len: u64) -> io::Result<bool> {
@@ -80,9 +75,6 @@ impl<D: Device + ?Sized> Device for Arc<D> {
     }
     fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         (**self).write_direct(buf, offset)
-    }
-    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_direct(buf, offset)
     }
 }
 
@@ -145,10 +137,6 @@ impl<D: Device> Device for CountingDevice<D> {
     fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.inner.write_direct(buf, offset)
-    }
-    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_direct(buf, offset)
     }
 }
 

@@ -30,9 +30,9 @@ pub(crate) const MAX_FILE_SIZE: u64 = 1 << 43;
 const BS: u64 = BLOCK_SIZE;
 /// Device block number marking a hole in an extent.
 const HOLE: u64 = 0;
-/// Transfers of file data at least this large bypass the device's page cache (the kernel
-/// already caches them for the lcfs file); smaller ones stay buffered, where a direct
-/// transfer would cost a disk round trip each.
+/// Writes of file data at least this large bypass the device's page cache (the kernel already
+/// caches them for the lcfs file); smaller ones stay buffered, where a direct write would cost
+/// a disk round trip each. Reads stay buffered: they gain from the host's readahead and cache.
 const DIRECT_MIN: usize = 64 << 10;
 
 /// Writes file data to the device, large transfers directly.
@@ -207,7 +207,6 @@ impl State {
             let at = (s.start - base) as usize;
             let dst = &mut buf[at..at + s.len as usize];
             match s.device {
-                Some(off) if dst.len() >= DIRECT_MIN => self.device.read_direct(dst, off)?,
                 Some(off) => self.device.read_at(dst, off)?,
                 None => dst.fill(0),
             }
