@@ -664,13 +664,9 @@ impl Engine {
     /// set-group-id bit — what Linux does when a file is written to, truncated or changes owner.
     /// Cheap and changes nothing when there is nothing to drop.
     pub fn drop_privileges(&self, layer: LayerId, ino: Ino, setid: bool) -> Result<()> {
-        let needs = self.query(layer, Op::GetAttr, |st, l| {
-            let v = st.live(l, ino)?;
-            let perm = u32::from(v.rec.perm);
-            let setid_bits =
-                perm & libc::S_ISUID != 0 || perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP);
-            Ok(v.rec.xattrs.contains_key(xattr::CAPABILITY_XATTR) || (setid && setid_bits))
-        })?;
+        // Checked under the shared lock first: nearly always there is nothing to drop.
+        let needs = self
+            .query(layer, Op::GetAttr, |st, l| Ok(xattr::privileges_to_drop(&st.live(l, ino)?.rec, setid).is_some()))?;
         if !needs {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::layers::LayerRef;
+use crate::records::InodeRecord;
 use crate::types::{Ino, Timestamp, XattrMode};
 
 use super::State;
@@ -86,24 +87,28 @@ impl State {
 /// The xattr holding file capabilities, which a write or a change of owner removes.
 pub(crate) const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
+/// What dropping privileges would clear, or `None` when there is nothing to drop. File
+/// capabilities always go; the returned bits are the permission bits to clear: with `setid`, the
+/// set-user-id bit and an effective (group-executable) set-group-id bit of a non-directory.
+pub(crate) fn privileges_to_drop(rec: &InodeRecord, setid: bool) -> Option<u32> {
+    let perm = u32::from(rec.perm);
+    let mut clear = 0u32;
+    if setid && rec.kind != crate::types::FileKind::Directory {
+        clear |= perm & libc::S_ISUID;
+        if perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) {
+            clear |= libc::S_ISGID;
+        }
+    }
+    (clear != 0 || rec.xattrs.contains_key(CAPABILITY_XATTR)).then_some(clear)
+}
+
 impl State {
     /// Drops what Linux drops when a file is modified or changes owner: its file capabilities
     /// and, with `setid`, the set-user-id bit and an effective (group-executable) set-group-id
     /// bit. Changes nothing — not even ctime — when there is nothing to drop.
     pub(crate) fn drop_privileges(&mut self, l: &LayerRef, ino: Ino, setid: bool) -> Result<()> {
         let v = self.live(l, ino)?;
-        let perm = u32::from(v.rec.perm);
-        let mut clear = 0u32;
-        if setid && v.rec.kind != crate::types::FileKind::Directory {
-            clear |= perm & libc::S_ISUID;
-            if perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) {
-                clear |= libc::S_ISGID;
-            }
-        }
-        let has_caps = v.rec.xattrs.contains_key(CAPABILITY_XATTR);
-        if clear == 0 && !has_caps {
-            return Ok(());
-        }
+        let Some(clear) = privileges_to_drop(&v.rec, setid) else { return Ok(()) };
         let mut rec = self.own(l, ino, v)?;
         rec.perm &= !(clear as u16);
         rec.xattrs.remove(CAPABILITY_XATTR);
