@@ -136,7 +136,10 @@ impl State {
         }
         if let Some(layer) = self.layers.get_mut(id) {
             layer.record.kind = LayerKind::Committed;
-            layer.record.updated = Timestamp::now();
+            // The committed layer is a new snapshot as containerd sees it: created now.
+            let now = Timestamp::now();
+            layer.record.created = now;
+            layer.record.updated = now;
             if let Some(labels) = labels {
                 layer.record.labels = labels;
             }

@@ -1,0 +1,36 @@
+//! containerd's Snapshots gRPC service (`containerd.services.snapshots.v1.Snapshots`) over the
+//! LCFS engine, for containerd's `proxy_plugins` of type `snapshot`.
+//!
+//! Every snapshot is one engine layer: an active snapshot a writable layer, a view a view
+//! layer, a committed snapshot a committed layer. Prepare, View and Commit are therefore
+//! constant-time engine operations, and a snapshot's mount is a bind mount of its layer's
+//! directory in the LCFS FUSE mount. The service reaches the mount only through [`Host`], so
+//! it can be tested over an engine alone.
+
+pub mod filter;
+pub mod names;
+
+mod error;
+mod service;
+
+pub use error::SnapshotError;
+pub use service::{Host, Snapshotter, serve};
+
+/// Code generated from `proto/` by `build.rs`; module paths follow the protobuf packages.
+#[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]
+pub mod proto {
+    pub mod containerd {
+        pub mod types {
+            tonic::include_proto!("containerd.types");
+        }
+        pub mod services {
+            pub mod snapshots {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.snapshots.v1");
+                }
+            }
+        }
+    }
+    pub use containerd::services::snapshots::v1 as snapshots;
+    pub use containerd::types;
+}
