@@ -192,6 +192,13 @@ pub struct SetAttr {
     pub ctime: Option<Timestamp>,
 }
 
+impl SetAttr {
+    /// Whether only times change (no permissions, owner or size).
+    pub fn times_only(&self) -> bool {
+        self.perm.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none()
+    }
+}
+
 /// What a new file system object is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewNode {

@@ -76,6 +76,11 @@ pub(crate) fn errno(e: &lcfs_engine::Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// The attributes reported for a regular file that no longer exists (no links, no data).
+pub(crate) fn deleted_file(ino: INodeNo) -> FileAttr {
+    FileAttr { ino, nlink: 0, ..negative_entry() }
+}
+
 /// The attributes of a negative entry: inode 0 tells the kernel the name does not exist.
 pub(crate) fn negative_entry() -> FileAttr {
     let epoch = SystemTime::UNIX_EPOCH;

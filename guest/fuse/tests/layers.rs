@@ -338,3 +338,23 @@ fn the_mount_gets_a_large_readahead_window() {
     let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
     assert_eq!(fs::read_to_string(&path).expect("read sysfs").trim(), "4096");
 }
+
+/// With the writeback cache the kernel sends a deleted file's dirty times after the file is
+/// gone; a commit's syncfs must not fail because of them (containerd applies whiteouts by
+/// deleting inherited files, then commits).
+#[test]
+fn deleting_files_does_not_fail_the_next_sync() {
+    let m = support::Mounted::new(64 << 20);
+    let base = m.create_layer("base", None);
+    std::fs::write(base.join("inherited"), b"x").expect("write");
+    m.commit("base", "base-c");
+    let child = m.create_layer("child", Some("base-c"));
+    std::fs::remove_file(child.join("inherited")).expect("delete an inherited file");
+    std::fs::write(child.join("own"), b"y").expect("write");
+    std::fs::remove_file(child.join("own")).expect("delete a file of the layer");
+    let dir = std::fs::File::open(&child).expect("open the layer");
+    nix::unistd::syncfs(&dir).expect("syncfs after deletions");
+    m.commit("child", "child-c");
+    assert!(!m.layer_dir("child-c").join("inherited").exists());
+    assert!(m.layer_dir("base-c").join("inherited").exists());
+}
