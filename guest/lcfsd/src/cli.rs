@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Unix socket of the lcfs API (created with mode 0600).
     #[arg(long, default_value = DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
+    /// Also serve containerd's Snapshots gRPC service on this unix socket, for containerd's
+    /// `[proxy_plugins.lcfs] type = "snapshot" address = "PATH"`.
+    #[arg(long, value_name = "PATH")]
+    pub snapshotter_socket: Option<PathBuf>,
     /// Threads serving file system requests (default: one per CPU, at least 2).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -29,6 +29,22 @@ pub struct Daemon {
     pub started: Instant,
 }
 
+/// The snapshotter reaches the mount through the daemon.
+impl lcfs_snapshotter::Host for Daemon {
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+    fn layer_dir(&self, name: &str) -> std::path::PathBuf {
+        Path::new(&self.mountpoint).join(name)
+    }
+    fn flush_layer(&self, name: &str) -> std::io::Result<()> {
+        self.mount.as_ref().map_or(Ok(()), |m| m.flush_layer(name))
+    }
+    fn layers_changed(&self, names: &[&str]) {
+        self.invalidate(names);
+    }
+}
+
 impl Daemon {
     fn invalidate(&self, names: &[&str]) {
         if let Some(m) = &self.mount {
@@ -228,7 +244,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
-/// Binds the API socket (mode 0600), replacing a stale socket file left by a killed daemon.
+/// Binds a socket of the daemon (mode 0600), replacing a stale socket file left by a killed
+/// daemon.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -242,7 +259,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
                     format!("{} is in use by a running daemon", path.display()),
                 ));
             }
-            warn!(socket = %path.display(), "removing a stale API socket");
+            warn!(socket = %path.display(), "removing a stale socket");
             std::fs::remove_file(path)?;
         }
         Ok(_) => {

@@ -1,5 +1,6 @@
-//! `lcfsd run`: opens (or formats) the device, mounts it, serves the API, and on SIGTERM or
-//! SIGINT stops serving, unmounts, makes everything durable and exits 0.
+//! `lcfsd run`: opens (or formats) the device, mounts it, serves the API (and containerd's
+//! Snapshots service if asked), and on SIGTERM or SIGINT stops serving, unmounts, makes
+//! everything durable and exits 0.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,18 +83,41 @@ fn open_device(args: &RunArgs) -> anyhow::Result<Arc<dyn Device>> {
 async fn serve(daemon: Arc<Daemon>, args: &RunArgs) -> anyhow::Result<()> {
     let listener =
         server::bind(&args.api_socket).with_context(|| format!("cannot listen on {}", args.api_socket.display()))?;
+    let snapshotter = match &args.snapshotter_socket {
+        Some(path) => Some(server::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?),
+        None => None,
+    };
     info!(
         device = %args.device.display(),
         mountpoint = %args.mountpoint.display(),
         api_socket = %args.api_socket.display(),
+        snapshotter_socket = ?args.snapshotter_socket,
         "ready"
     );
-    let app = server::router(daemon);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
-    if let Err(e) = std::fs::remove_file(&args.api_socket) {
-        warn!(error = %e, "could not remove the API socket");
+    // One signal stops both servers.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api = axum::serve(listener, server::router(daemon.clone())).with_graceful_shutdown(stopped(stopping.clone()));
+    let grpc = async {
+        match snapshotter {
+            Some(listener) => lcfs_snapshotter::serve(daemon, listener, stopped(stopping)).await,
+            None => Ok(()),
+        }
+    };
+    let (api, grpc) = tokio::join!(api, grpc);
+    for path in std::iter::once(&args.api_socket).chain(&args.snapshotter_socket) {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(socket = %path.display(), error = %e, "could not remove a socket");
+        }
     }
-    result.context("the API server failed")
+    api.context("the API server failed")?;
+    grpc.context("the snapshotter server failed")
 }
 
 async fn shutdown_signal() {
