@@ -60,6 +60,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
+# shellcheck source=lib/rootfs.sh
+. "$ROOT/scripts/lib/rootfs.sh"
+
 START=$SECONDS
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench-fuse.sh: %s\n' "$*" >&2; exit 1; }
@@ -78,11 +81,6 @@ LCFS_PID=
 FOVL_PID=
 
 # Unmounts everything mounted at or below $1, deepest first.
-umount_below() {
-    local m
-    findmnt -rn -o TARGET | awk -v p="$1" '$0 == p || index($0, p "/") == 1' | sort -r |
-        while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-}
 
 cleanup() {
     local rc=$?
@@ -121,52 +119,6 @@ install_missing() {
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]}"
     apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; }
-}
-
-# The first Debian archive URI of this machine's apt configuration (security archives skipped).
-apt_mirror() {
-    local uri= f
-    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
-        [ -r "$f" ] || continue
-        uri=$(awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
-        [ -z "$uri" ] || break
-    done
-    if [ -z "$uri" ]; then
-        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-            [ -r "$f" ] || continue
-            uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\// && $i !~ /security/) { print $i; exit } }' "$f")
-            [ -z "$uri" ] || break
-        done
-    fi
-    printf '%s' "$uri"
-}
-
-# Builds the rootfs tarball with debootstrap unless it is cached. The mirror's name is kept out
-# of the image (sources.list, apt lists) and out of the output.
-build_tarball() {
-    TARBALL=$DIR/rootfs-$SUITE+${INCLUDE//,/+}.tar
-    if [ -s "$TARBALL" ] && [ -s "$TARBALL.entries" ]; then
-        log "using cached $TARBALL"
-        return
-    fi
-    local mirror=${MIRROR:-$(apt_mirror)}
-    [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; pass --mirror URL"
-    BOOTSTRAP_DIR=$(mktemp -d "$DIR/debootstrap.XXXXXX")
-    log "debootstrap --include=$INCLUDE $SUITE (default variant) from the mirror in the apt configuration into $BOOTSTRAP_DIR"
-    debootstrap --include="$INCLUDE" "$SUITE" "$BOOTSTRAP_DIR/rootfs" "$mirror" 2>&1 |
-        sed -u "s|$mirror|<mirror>|g" >&2
-    [ "${PIPESTATUS[0]}" -eq 0 ] || die "debootstrap failed"
-    umount_below "$BOOTSTRAP_DIR/rootfs"
-    local r=$BOOTSTRAP_DIR/rootfs
-    rm -rf "$r/debootstrap" "$r/var/log/bootstrap.log" "$r/var/lib/apt/lists/"* \
-        "$r/var/cache/apt/archives/"*.deb "$r/var/cache/apt/"*.bin
-    printf '# emptied by scripts/bench-fuse.sh\n' >"$r/etc/apt/sources.list"
-    log "packing $TARBALL"
-    tar --xattrs --xattrs-include='*' --numeric-owner -C "$r" -cf "$TARBALL.partial" .
-    tar -tf "$TARBALL.partial" | wc -l >"$TARBALL.entries"
-    mv "$TARBALL.partial" "$TARBALL"
-    rm -rf --one-file-system "$BOOTSTRAP_DIR"
-    BOOTSTRAP_DIR=
 }
 
 # Builds lcfsd from the working tree (or from commit BUILD_REV), copies it to WORK and sets

@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# Measures lcfs as containerd's snapshotter side by side with containerd's own overlayfs
+# snapshotter, in one private containerd, and writes the results to
+# docs/benchmarks/snapshotter.md.
+#
+# Usage: scripts/bench-snapshotter.sh [--runs N] [--dir DIR] [--tarball-dir DIR] [--out FILE]
+#   --runs N           repetitions, peers alternating (default 3); medians are reported
+#   --dir DIR          containerd's and lcfs's storage for the run (default
+#                      /var/tmp/lcfs-snapshotter-bench; emptied first)
+#   --tarball-dir DIR  where the Debian rootfs tarball is cached, shared with bench-fuse.sh
+#                      (default /var/tmp/lcfs-fuse-bench); built with debootstrap if missing
+#   --out FILE         report to write (default docs/benchmarks/snapshotter.md)
+#
+# Runs as root. Needs containerd, ctr and runc (scripts/install-test-deps.sh installs them),
+# debootstrap on the first run, and python3 (to write the image's JSON). Steps:
+#   1. import: `ctr images import --snapshotter S` of a 3-layer image made from the rootfs
+#      (content ingestion plus unpack), after the image and its content were removed;
+#   2. run: `ctr run --rm --snapshotter S IMAGE ID /bin/true`, start to exit, median of 10;
+#   3. commit: Commit of an active snapshot holding 1 GiB (written and fsynced through its
+#      mount), and of an empty one, through containerd's Snapshots API;
+#   4. chain: a chain of 200 snapshots; Prepare on top, and cold lookups of 2,000 files of the
+#      bottom layer from a view of the top, against the same on a 1-snapshot chain.
+set -euo pipefail
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DIR=/var/tmp/lcfs-snapshotter-bench
+TARBALL_DIR=/var/tmp/lcfs-fuse-bench
+OUT=$ROOT/docs/benchmarks/snapshotter.md
+RUNS=3
+SUITE=bookworm
+INCLUDE=gcc,make,python3   # as bench-fuse.sh, so the cached tarball is shared
+MIRROR=
+RUN_REPEATS=10
+CHAIN_DEPTH=200
+PEERS=(lcfs overlayfs)
+IMAGE=lcfs.bench/debian:layers
+
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
+        --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
+        --tarball-dir) TARBALL_DIR=${2:?--tarball-dir needs a directory}; shift 2 ;;
+        --out) OUT=${2:?--out needs a file}; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$RUNS" in '' | *[!0-9]* | 0) echo "--runs must be a positive number" >&2; exit 2 ;; esac
+[ "$(id -u)" -eq 0 ] || { echo "bench-snapshotter.sh must run as root" >&2; exit 2; }
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench-snapshotter.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib/rootfs.sh
+. "$ROOT/scripts/lib/rootfs.sh"
+
+for tool in containerd ctr runc python3; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (scripts/install-test-deps.sh installs containerd and runc)"
+done
+
+START=$SECONDS
+LCFS_PID=
+CTD_PID=
+BOOTSTRAP_DIR=
+CTD_SOCK=$DIR/containerd/containerd.sock
+RESULTS=$DIR/results.tsv
+
+cleanup() {
+    set +e
+    [ -n "$CTD_PID" ] && kill -TERM "$CTD_PID" 2>/dev/null && wait "$CTD_PID"
+    [ -n "$LCFS_PID" ] && kill -TERM "$LCFS_PID" 2>/dev/null && wait "$LCFS_PID"
+    umount_below "$DIR"
+    if [ -n "$BOOTSTRAP_DIR" ]; then
+        umount_below "$BOOTSTRAP_DIR"
+        rm -rf --one-file-system "$BOOTSTRAP_DIR"
+    fi
+}
+trap cleanup EXIT
+
+ctr_() { ctr --address "$CTD_SOCK" "$@"; }
+now_ms() { date +%s%3N; }
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }   # run peer key value
+
+# ---------------------------------------------------------------------------------------------
+# Setup: binaries, the image, lcfsd and a private containerd
+
+log "building lcfsd and lcfs-snapshotter-bench"
+(cd "$ROOT" && cargo build --release --locked -p lcfsd -p lcfs-snapshotter-bench) >&2
+umount_below "$DIR"
+rm -rf --one-file-system "$DIR"
+mkdir -p "$DIR/bin" "$DIR/lcfs" "$DIR/containerd" "$DIR/image"
+cp "$ROOT/target/release/lcfsd" "$ROOT/target/release/lcfs-snapshotter-bench" "$DIR/bin/"
+LCFSD=$DIR/bin/lcfsd
+SNAPBENCH=$DIR/bin/lcfs-snapshotter-bench
+REV=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)
+
+DIR_SAVED=$DIR
+DIR=$TARBALL_DIR
+mkdir -p "$DIR"
+build_tarball
+DIR=$DIR_SAVED
+
+# Three layers from one tree: everything but /usr/lib and /usr/share, then each of those.
+log "making the 3-layer image from $TARBALL"
+tree=$DIR/image/tree
+mkdir -p "$tree"
+tar --xattrs --xattrs-include='*' --numeric-owner --same-owner -xpf "$TARBALL" -C "$tree"
+tar --xattrs --xattrs-include='*' --numeric-owner -C "$tree" -cf "$DIR/image/layer1.tar" \
+    --exclude=./usr/lib --exclude=./usr/share .
+tar --xattrs --xattrs-include='*' --numeric-owner -C "$tree" -cf "$DIR/image/layer2.tar" ./usr/lib
+tar --xattrs --xattrs-include='*' --numeric-owner -C "$tree" -cf "$DIR/image/layer3.tar" ./usr/share
+IMAGE_FILES=$(find "$tree" | wc -l)
+rm -rf --one-file-system "$tree"
+python3 "$ROOT/scripts/lib/oci-image.py" "$DIR/image/image.tar" "$IMAGE" '["/bin/sh"]' \
+    "$DIR/image/layer1.tar" "$DIR/image/layer2.tar" "$DIR/image/layer3.tar"
+rm -f "$DIR"/image/layer*.tar
+IMAGE_MIB=$(du -m --apparent-size "$DIR/image/image.tar" | cut -f1)
+
+log "starting lcfsd and containerd"
+"$LCFSD" run --device "$DIR/lcfs/disk.img" --size 40G --mountpoint "$DIR/lcfs/mnt" \
+    --api-socket "$DIR/lcfs/api.sock" --snapshotter-socket "$DIR/lcfs/snapshotter.sock" \
+    2>"$DIR/lcfs/lcfsd.log" &
+LCFS_PID=$!
+cat >"$DIR/containerd/config.toml" <<TOML
+version = 2
+root = "$DIR/containerd/root"
+state = "$DIR/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CTD_SOCK"
+[ttrpc]
+  address = "$CTD_SOCK.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$DIR/containerd/opt"
+[proxy_plugins.lcfs]
+  type = "snapshot"
+  address = "$DIR/lcfs/snapshotter.sock"
+TOML
+containerd --config "$DIR/containerd/config.toml" 2>"$DIR/containerd/containerd.log" &
+CTD_PID=$!
+for _ in $(seq 300); do
+    [ -S "$DIR/lcfs/snapshotter.sock" ] && ctr_ version >/dev/null 2>&1 && break
+    sleep 0.1
+done
+ctr_ version >/dev/null 2>&1 || die "containerd did not start: $(tail -5 "$DIR/containerd/containerd.log")"
+[ -S "$DIR/lcfs/snapshotter.sock" ] || die "lcfsd did not start: $(tail -5 "$DIR/lcfs/lcfsd.log")"
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+step_import() {   # run peer
+    ctr_ images rm --sync "$IMAGE" >/dev/null 2>&1 || true
+    cat "$DIR/image/image.tar" >/dev/null
+    sync
+    local t0 t1
+    t0=$(now_ms)
+    ctr_ images import --snapshotter "$2" "$DIR/image/image.tar" >/dev/null || die "import into $2 failed"
+    t1=$(now_ms)
+    record "$1" "$2" import_s "$(awk -v ms=$((t1 - t0)) 'BEGIN { printf "%.2f", ms / 1000 }')"
+}
+
+step_run() {   # run peer
+    local i t0 t1 times=()
+    ctr_ run --rm --snapshotter "$2" "$IMAGE" "warm-$1-$2" /bin/true || die "ctr run on $2 failed"
+    for i in $(seq "$RUN_REPEATS"); do
+        t0=$(now_ms)
+        ctr_ run --rm --snapshotter "$2" "$IMAGE" "bench-$1-$2-$i" /bin/true
+        t1=$(now_ms)
+        times+=($((t1 - t0)))
+    done
+    record "$1" "$2" run_ms "$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+}
+
+step_commit() {   # run peer
+    local out
+    out=$("$SNAPBENCH" --containerd "$CTD_SOCK" --snapshotter "$2" --dir "$DIR/mounts" commit --mib 1024 --runs 1) ||
+        die "commit benchmark on $2 failed"
+    record "$1" "$2" commit_1g_ms "$(jq_ "$out" 'mib == 1024' ms)"
+    record "$1" "$2" commit_empty_ms "$(jq_ "$out" 'mib == 0' ms)"
+}
+
+step_chain() {   # run peer
+    local depth out
+    for depth in 1 "$CHAIN_DEPTH"; do
+        out=$("$SNAPBENCH" --containerd "$CTD_SOCK" --snapshotter "$2" --dir "$DIR/mounts" chain --depth "$depth") ||
+            die "chain benchmark on $2 failed"
+        record "$1" "$2" "chain${depth}_prepare_ms" "$(jq_ "$out" 'True' prepare_ms)"
+        record "$1" "$2" "chain${depth}_lookup_us" "$(jq_ "$out" 'True' lookup_us)"
+    done
+}
+
+# The field of the first JSON line matching a Python condition on its fields, or "fail: error".
+jq_() {
+    python3 -c '
+import json, sys
+for line in sys.argv[1].splitlines():
+    r = json.loads(line)
+    if eval(sys.argv[2], {"True": True}, r):
+        v = r.get(sys.argv[3], r.get("error"))
+        print(v if isinstance(v, (int, float)) else "fail: " + str(v).splitlines()[0][:80])
+        break
+' "$1" "$2" "$3"
+}
+
+: >"$RESULTS"
+for run in $(seq "$RUNS"); do
+    order=("${PEERS[@]}")
+    [ $((run % 2)) -eq 0 ] && order=(overlayfs lcfs)
+    for peer in "${order[@]}"; do
+        log "run $run/$RUNS: $peer"
+        step_import "$run" "$peer"
+        step_run "$run" "$peer"
+        step_commit "$run" "$peer"
+        step_chain "$run" "$peer"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+median() {   # peer key
+    awk -F'\t' -v p="$1" -v k="$2" '$2 == p && $3 == k { print $4 }' "$RESULTS" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else print a[int((NR + 1) / 2)] }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { if (r == "n/a") print "n/a"; else if (r + 0 <= t + 0) print "pass"; else print "FAIL" }'; }
+
+row() {   # label key unit target
+    local l o r
+    l=$(median lcfs "$2")
+    o=$(median overlayfs "$2")
+    r=$(ratio "$l" "$o")
+    printf '| %s | %s %s | %s %s | %s | ≤ %s | %s |\n' "$1" "$l" "$3" "$o" "$3" "$r" "$4" "$(verdict "$r" "$4")"
+}
+
+commit_l=$(median lcfs commit_1g_ms)
+commit_e=$(median lcfs commit_empty_ms)
+commit_ratio=$(ratio "$commit_l" "$commit_e")
+lookup_ratio=$(ratio "$(median lcfs chain${CHAIN_DEPTH}_lookup_us)" "$(median lcfs chain1_lookup_us)")
+elapsed=$((SECONDS - START))
+
+mkdir -p "$(dirname "$OUT")"
+{
+    cat <<MD
+# Snapshotter benchmarks: lcfs against containerd's overlayfs snapshotter
+
+Produced by \`scripts/bench-snapshotter.sh --runs $RUNS\` on $(date -u +%Y-%m-%d) at \`$REV\`
+($(nproc) cores, kernel $(uname -r), containerd $(containerd --version | awk '{ print $3 }'));
+medians of $RUNS runs with the peers alternating, in one private containerd; the whole run
+took $((elapsed / 60)) min $((elapsed % 60)) s.
+
+The image: $IMAGE_MIB MiB in 3 uncompressed layers, $IMAGE_FILES files and directories (Debian
+$SUITE, debootstrap's default variant plus \`--include=$INCLUDE\`; layer 1 everything but
+\`/usr/lib\` and \`/usr/share\`, then one layer each).
+
+| step | lcfs | overlayfs | lcfs / overlayfs | target | result |
+|---|---|---|---|---|---|
+$(row "import and unpack (ctr images import)" import_s s 1.0)
+$(row "ctr run --rm /bin/true, start to exit (median of $RUN_REPEATS)" run_ms ms 1.1)
+$(row "commit of an active snapshot holding 1 GiB" commit_1g_ms ms "—")
+$(row "commit of an empty active snapshot" commit_empty_ms ms "—")
+$(row "prepare on top of a $CHAIN_DEPTH-snapshot chain" chain${CHAIN_DEPTH}_prepare_ms ms "—")
+$(row "prepare on a 1-snapshot chain" chain1_prepare_ms ms "—")
+$(row "cold lookup, bottom-layer file, from the top of $CHAIN_DEPTH" chain${CHAIN_DEPTH}_lookup_us µs "—")
+$(row "cold lookup, from the top of a 1-snapshot chain" chain1_lookup_us µs "—")
+
+Targets on lcfs alone:
+
+| target | measured | result |
+|---|---|---|
+| commit of 1 GiB under 5 ms | $commit_l ms | $(awk -v v="$commit_l" 'BEGIN { print (v + 0 > 0 && v + 0 < 5) ? "pass" : "FAIL" }') |
+| commit of 1 GiB ≤ 1.5 × commit of an empty snapshot | $commit_ratio | $(verdict "$commit_ratio" 1.5) |
+| prepare on a $CHAIN_DEPTH-snapshot chain ≤ 5 ms | $(median lcfs chain${CHAIN_DEPTH}_prepare_ms) ms | $(awk -v v="$(median lcfs chain${CHAIN_DEPTH}_prepare_ms)" 'BEGIN { print (v + 0 > 0 && v + 0 <= 5) ? "pass" : "FAIL" }') |
+| lookup at depth $CHAIN_DEPTH ≤ 1.5 × at depth 1 | $lookup_ratio | $(verdict "$lookup_ratio" 1.5) |
+
+## How each step is measured
+
+- **import**: the image and its content are removed (\`ctr images rm --sync\`), the archive is
+  read into the page cache, then \`ctr images import --snapshotter S\` is timed: content
+  ingestion (the same work for both) plus unpacking the three layers into snapshots. lcfs
+  unpacks through its FUSE mount (containerd extracts the tar into a bind mount of the layer).
+- **run**: \`ctr run --rm --snapshotter S IMAGE ID /bin/true\` after one warm-up; wall time of
+  the whole command (snapshot, runc, exit, removal), median of $RUN_REPEATS.
+- **commit** and **chain**: \`lcfs-snapshotter-bench\` (guest/snapshotter-bench) calls
+  containerd's Snapshots API with \`snapshotter = S\`, so both peers are reached through
+  containerd the same way; the 1 GiB is written through the snapshot's mount and fsynced
+  before the commit is timed. Lookups: 2,000 files created in the bottom snapshot, each
+  \`lstat\`ed once through a mounted view of the top (cold: the view is fresh). overlayfs
+  cannot mount a chain as deep as $CHAIN_DEPTH (the lowerdir list exceeds the mount options'
+  page); its row then shows the error.
+
+## Raw results
+
+| run | peer | key | value |
+|---|---|---|---|
+$(awk -F'\t' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }' "$RESULTS")
+MD
+} >"$OUT"
+log "wrote $OUT"
