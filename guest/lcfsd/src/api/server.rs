@@ -178,7 +178,8 @@ async fn commit(
             return Err(lcfs_engine::Error::Io(e));
         }
         let info = d.engine.commit_layer(&key, &req.name, req.labels)?;
-        d.invalidate(&[&key, &info.name]);
+        // Only the new name: see `lcfs_fuse::Mount::invalidate_layer` on why the old one stays.
+        d.invalidate(&[&info.name]);
         Ok(info)
     })
     .await?;
