@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a fresh Linux machine, as root: builds lcfsd, starts it on a sparse device
+# A tour of lcfsd without containerd, as root: builds lcfsd, starts it on a sparse device
 # file, creates a layer through the API, writes into it through the mount, commits it, creates
 # a child that sees the parent's files, then stops the daemon and checks the device.
 # DEVICE, SIZE, MOUNTPOINT and SOCKET may be set in the environment.
