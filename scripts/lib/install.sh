@@ -106,9 +106,23 @@ containerd_config_version() {
     esac
 }
 
+# lcfs's block for containerd's config. containerd 2.x also needs the plugin's platform, and
+# its transfer service (behind `ctr images import` and pulls) unpacks only into the snapshotters
+# its unpack_config lists; listing any replaces the default, so overlayfs is listed too unless
+# the rest of the config already has an unpack_config.
 config_block() {
-    printf '%s\n[proxy_plugins.lcfs]\n  type = "snapshot"\n  address = "%s"\n%s\n' \
-        "$BLOCK_BEGIN" "$SNAPSHOTTER_SOCKET" "$BLOCK_END"
+    printf '%s\n[proxy_plugins.lcfs]\n  type = "snapshot"\n  address = "%s"\n' "$BLOCK_BEGIN" "$SNAPSHOTTER_SOCKET"
+    if [ "$(containerd_config_version)" -ge 3 ]; then
+        local platform snapshotters=(lcfs)
+        platform=linux/$(dpkg --print-architecture)
+        printf '  platform = "%s"\n' "$platform"
+        remove_config_block <"$CONTAINERD_CONFIG" 2>/dev/null | grep -q unpack_config || snapshotters+=(overlayfs)
+        for s in "${snapshotters[@]}"; do
+            printf "[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n  platform = \"%s\"\n  snapshotter = \"%s\"\n" \
+                "$platform" "$s"
+        done
+    fi
+    printf '%s\n' "$BLOCK_END"
 }
 
 # lcfs's block as it stands in the file $1 (empty if absent).
