@@ -6,9 +6,9 @@
 //!
 //! - `commit`: Commit latency of an active snapshot holding N MiB (written and fsynced
 //!   through its mount first) against an empty one.
-//! - `chain`: builds a chain of D committed snapshots (each adds one file), then times a
-//!   Prepare on top and cold lookups of files that sit in the bottom layer, seen from a view
-//!   of the top.
+//! - `chain`: builds a chain of D committed snapshots (each adds one file) and a chain of
+//!   one, then, in rounds alternating between them, times Prepares on top and cold lookups of
+//!   files that sit in the bottom layer, seen from a fresh view of the top.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -51,10 +51,17 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
-    /// Prepare on top of a chain of `depth` snapshots, and lookups from its top.
+    /// Prepare on top of a chain of `depth` snapshots and of a 1-snapshot chain, and lookups
+    /// from their tops.
     Chain {
         #[arg(long, default_value_t = 200)]
         depth: usize,
+        /// Prepares timed on top of each chain per round (each removed again).
+        #[arg(long, default_value_t = 5)]
+        prepares: usize,
+        /// Rounds, alternating between the chains; medians over all rounds are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         /// Files in the bottom layer, each looked up once from the top.
         #[arg(long, default_value_t = 2000)]
         files: usize,
@@ -206,25 +213,26 @@ async fn bench_commit(c: &mut Client, dir: &Path, mib: u64, runs: usize) -> Resu
     Ok(())
 }
 
-async fn bench_chain(c: &mut Client, dir: &Path, depth: usize, files: usize) -> Result<()> {
-    let id = run_id();
-    let target = dir.join("chain");
+/// Builds a chain of `depth` committed snapshots; the bottom one holds `files` files. Returns
+/// the snapshots made (to remove later) and the top one, or why the chain could not be built.
+async fn build_chain(
+    c: &mut Client,
+    prefix: &str,
+    target: &Path,
+    depth: usize,
+    files: usize,
+) -> Result<(Vec<String>, Result<String>)> {
     let mut parent = String::new();
     let mut made = Vec::new();
-    let mut outcome = Ok(());
     for level in 0..depth {
-        let key = format!("{id}/chain-{level}");
+        let key = format!("{prefix}-{level}");
         let mounts = match c.prepare(&key, &parent).await {
             Ok(m) => m,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
+            Err(e) => return Ok((made, Err(e))),
         };
         made.push(key.clone());
-        if let Err(e) = mount(&mounts, &target) {
-            outcome = Err(e.context(format!("mounting layer {} of the chain", level + 1)));
-            break;
+        if let Err(e) = mount(&mounts, target) {
+            return Ok((made, Err(e.context(format!("mounting layer {} of the chain", level + 1)))));
         }
         let written = (|| -> Result<()> {
             let count = if level == 0 { files } else { 1 };
@@ -233,7 +241,7 @@ async fn bench_chain(c: &mut Client, dir: &Path, depth: usize, files: usize) -> 
             }
             Ok(())
         })();
-        unmount(&target)?;
+        unmount(target)?;
         written?;
         let name = format!("{key}-committed");
         c.commit(&name, &key).await?;
@@ -241,38 +249,89 @@ async fn bench_chain(c: &mut Client, dir: &Path, depth: usize, files: usize) -> 
         made.push(name.clone());
         parent = name;
     }
-    if let Err(e) = outcome {
-        report(serde_json::json!({
-            "bench": "chain", "snapshotter": c.snapshotter, "depth": depth, "error": format!("{e:#}"),
-        }));
-    } else {
-        let key = format!("{id}/chain-top");
+    Ok((made, Ok(parent)))
+}
+
+/// One round on top of a chain: timed prepares (each removed again), then a fresh view whose
+/// bottom-layer files are each looked up once. Returns the prepare times (ms) and the time
+/// per lookup (µs).
+async fn chain_round(
+    c: &mut Client,
+    key: &str,
+    top: &str,
+    target: &Path,
+    files: usize,
+    prepares: usize,
+) -> Result<(Vec<f64>, f64)> {
+    let mut times = Vec::with_capacity(prepares);
+    for i in 0..prepares {
+        let k = format!("{key}-prepare-{i}");
         let start = Instant::now();
-        c.prepare(&key, &parent).await?;
-        let prepare = start.elapsed();
-        c.remove(&key).await?;
-        let view = format!("{id}/chain-view");
-        let mounts = c.view(&view, &parent).await?;
-        let lookups = match mount(&mounts, &target) {
-            Ok(()) => {
-                let start = Instant::now();
-                for i in 0..files {
-                    std::fs::symlink_metadata(target.join(format!("l0-f{i}")))?;
-                }
-                let per = start.elapsed().as_secs_f64() * 1e6 / files as f64;
-                unmount(&target)?;
-                serde_json::json!(per)
-            }
-            Err(e) => serde_json::json!(format!("{e:#}")),
-        };
-        c.remove(&view).await?;
-        report(serde_json::json!({
-            "bench": "chain", "snapshotter": c.snapshotter, "depth": depth,
-            "prepare_ms": millis(prepare), "lookup_us": lookups,
-        }));
+        c.prepare(&k, top).await?;
+        times.push(millis(start.elapsed()));
+        c.remove(&k).await?;
     }
-    for key in made.iter().rev() {
-        c.remove(key).await?;
+    let view = format!("{key}-view");
+    let mounts = c.view(&view, top).await?;
+    let looked = async {
+        mount(&mounts, target)?;
+        let start = Instant::now();
+        let walked = (0..files).try_for_each(|i| std::fs::symlink_metadata(target.join(format!("l0-f{i}"))).map(drop));
+        let per = start.elapsed().as_secs_f64() * 1e6 / files as f64;
+        unmount(target)?;
+        walked?;
+        Ok::<f64, anyhow::Error>(per)
+    }
+    .await;
+    c.remove(&view).await?;
+    Ok((times, looked?))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A 1-snapshot chain and a `depth`-snapshot chain, measured in alternating rounds so that
+/// drift of the machine affects both alike.
+async fn bench_chain(
+    c: &mut Client,
+    dir: &Path,
+    depth: usize,
+    files: usize,
+    prepares: usize,
+    rounds: usize,
+) -> Result<()> {
+    let id = run_id();
+    let target = dir.join("chain");
+    let mut chains = Vec::new();
+    for d in [1, depth] {
+        let (made, top) = build_chain(c, &format!("{id}/chain{d}"), &target, d, files).await?;
+        chains.push((d, made, top, Vec::new(), Vec::new()));
+    }
+    for round in 0..rounds {
+        let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        for i in order {
+            let (d, _, top, prepare_ms, lookup_us) = &mut chains[i];
+            let Ok(top) = top else { continue };
+            let (times, per) = chain_round(c, &format!("{id}/round{round}-{d}"), top, &target, files, prepares).await?;
+            prepare_ms.extend(times);
+            lookup_us.push(per);
+        }
+    }
+    for (d, made, top, prepare_ms, lookup_us) in chains {
+        match top {
+            Ok(_) => report(serde_json::json!({
+                "bench": "chain", "snapshotter": c.snapshotter, "depth": d,
+                "prepare_ms": median(prepare_ms), "lookup_us": median(lookup_us),
+            })),
+            Err(e) => report(serde_json::json!({
+                "bench": "chain", "snapshotter": c.snapshotter, "depth": d, "error": format!("{e:#}"),
+            })),
+        }
+        for key in made.iter().rev() {
+            c.remove(key).await?;
+        }
     }
     Ok(())
 }
@@ -284,6 +343,8 @@ async fn main() -> Result<()> {
     let mut client = Client::connect(&cli.containerd, &cli.snapshotter, &cli.namespace).await?;
     match cli.command {
         Bench::Commit { mib, runs } => bench_commit(&mut client, &cli.dir, mib, runs).await,
-        Bench::Chain { depth, files } => bench_chain(&mut client, &cli.dir, depth, files).await,
+        Bench::Chain { depth, files, prepares, rounds } => {
+            bench_chain(&mut client, &cli.dir, depth, files, prepares, rounds).await
+        }
     }
 }

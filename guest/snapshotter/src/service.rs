@@ -267,8 +267,11 @@ impl<H: Host> pb::snapshots_server::Snapshots for Snapshotter<H> {
                 )));
             }
             let labels = with_key(user_labels(r.labels)?, &r.name);
+            let started = std::time::Instant::now();
             h.flush_layer(&active.name).map_err(|source| SnapshotError::Flush { key: r.key.clone(), source })?;
+            let flushed = started.elapsed();
             engine.commit_layer(&active.name, &name, Some(labels)).map_err(|e| SnapshotError::engine(&r.name, e))?;
+            debug!(flush_us = flushed.as_micros(), total_us = started.elapsed().as_micros(), "commit timing");
             // The layer keeps its directory under the new name; the old name is left to expire
             // (see `Host::layers_changed`).
             h.layers_changed(&[&name]);
