@@ -604,7 +604,7 @@ All three keep their backing storage in \`$DIR\`, on the same file system, and s
 for every run.
 
 * **lcfs**: \`lcfsd run --device $DIR/lcfs/disk.img --size $LCFS_SIZE --mountpoint … --api-socket … ${LCFSD_RUN_ARGS:-}\`
-  (defaults: one FUSE thread per CPU, checkpoint every 5 s, no writeback cache) on a fresh
+  (defaults: four FUSE threads per CPU, 4 to 32; writeback cache on; checkpoint every 5 s) on a fresh
   sparse device file, and one writable layer from \`lcfsd layer create bench\`; the workload
   runs in \`<mountpoint>/bench\`. Taken down with SIGTERM, waiting for the daemon to exit.
 * **overlayfs** (kernel): \`mount -t overlay overlay -o lowerdir=L,upperdir=U,workdir=W MNT\`

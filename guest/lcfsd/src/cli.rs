@@ -50,7 +50,7 @@ pub struct RunArgs {
     /// `[proxy_plugins.lcfs] type = "snapshot" address = "PATH"`.
     #[arg(long, value_name = "PATH")]
     pub snapshotter_socket: Option<PathBuf>,
-    /// Threads serving file system requests (default: one per CPU, at least 2).
+    /// Threads serving file system requests (default: four per CPU, between 4 and 32).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seconds between checkpoints that make file changes durable (0: only on fsync and

@@ -36,7 +36,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         MountpointState::Ready => {}
     }
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).max(2));
+    let threads = args.threads.unwrap_or_else(default_threads);
     let mount = lcfs_fuse::mount(
         engine.clone(),
         &args.mountpoint,
@@ -62,6 +62,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     engine.close().context("final flush failed")?;
     info!("stopped cleanly");
     served
+}
+
+/// FUSE threads when `--threads` is not given: four per CPU, between 4 and 32. Most of a
+/// thread's time is a wait in the kernel, and with one thread per CPU the kernel's
+/// asynchronous requests (releases, write-back) queued ahead of the ones a caller waits for:
+/// containerd unpacking a 410 MiB image took 28-39 s with 2 threads, 20-25 s with 4 or 8.
+fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cpus).clamp(4, 32)
 }
 
 fn open_device(args: &RunArgs) -> anyhow::Result<Arc<dyn Device>> {
