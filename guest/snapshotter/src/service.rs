@@ -207,12 +207,10 @@ fn create<H: Host>(
         }
         Some(p.name)
     };
-    let name = layer_name(key);
-    if engine.layer(&name).is_ok() {
-        return Err(SnapshotError::AlreadyExists(key.to_string()));
-    }
-    let layer =
-        engine.create_layer(&name, parent_layer.as_deref(), kind, labels).map_err(|e| SnapshotError::engine(key, e))?;
+    // A taken name comes back as the engine's LayerExists, which is AlreadyExists here.
+    let layer = engine
+        .create_layer(&layer_name(key), parent_layer.as_deref(), kind, labels)
+        .map_err(|e| SnapshotError::engine(key, e))?;
     host.layers_changed(&[&layer.name]);
     debug!(key, parent, kind = kind_name(kind), "snapshot created");
     mounts_of(host, key, &layer)
