@@ -46,10 +46,15 @@ pub struct RunArgs {
     /// Unix socket of the lcfs API (created with mode 0600).
     #[arg(long, default_value = DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
-    /// Also serve containerd's Snapshots gRPC service on this unix socket, for containerd's
-    /// `[proxy_plugins.lcfs] type = "snapshot" address = "PATH"`.
+    /// Also serve containerd's Snapshots and Diff gRPC services on this unix socket, for
+    /// containerd's `[proxy_plugins.lcfs] type = "snapshot" address = "PATH"` and (containerd
+    /// 2.x) `[proxy_plugins.lcfs-diff] type = "diff" address = "PATH"`.
     #[arg(long, value_name = "PATH")]
     pub snapshotter_socket: Option<PathBuf>,
+    /// containerd's root directory, whose content store holds the layers the Diff service
+    /// unpacks.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/containerd")]
+    pub containerd_root: PathBuf,
     /// Threads serving file system requests (default: four per CPU, between 4 and 32).
     #[arg(long)]
     pub threads: Option<usize>,

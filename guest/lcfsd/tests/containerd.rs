@@ -50,6 +50,7 @@ impl Lcfsd {
     fn start(dir: &Path) -> Lcfsd {
         let log = dir.join("lcfsd.log");
         let child = Command::new(LCFSD)
+            .env("LCFS_LOG", "info,lcfs_snapshotter=debug")
             .args(["run", "--size", "4294967296", "--device"])
             .arg(dir.join("disk.img"))
             .arg("--mountpoint")
@@ -58,6 +59,8 @@ impl Lcfsd {
             .arg(dir.join("api.sock"))
             .arg("--snapshotter-socket")
             .arg(Self::socket(dir))
+            .arg("--containerd-root")
+            .arg(Containerd::root(dir))
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log"))
             .spawn()
@@ -131,8 +134,10 @@ impl Containerd {
         assert!(missing.is_empty(), "{missing:?} not installed: run scripts/install-test-deps.sh");
         let root = dir.join("containerd");
         std::fs::create_dir_all(&root).expect("containerd dir");
+        debug_assert_eq!(root.join("root"), Containerd::root(dir));
         // containerd 2.x reads config version 3, has split its CRI plugin in three, and unpacks
-        // into a proxy snapshotter only for the platforms the plugin declares.
+        // into a proxy snapshotter only for the platforms the plugin declares. It also takes
+        // lcfs's Diff service as a proxy plugin, which unpacks lcfs snapshots in process.
         let platform =
             format!("linux/{}", std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"));
         let (version, cri, proxy_platform) = if containerd_major() >= 2 {
@@ -142,12 +147,13 @@ impl Containerd {
                 // The transfer service behind `ctr images import` unpacks only where its
                 // unpack_config says; listing any replaces its default (overlayfs).
                 format!(
-                    "\n  platform = \"{platform}\"\n[plugins.'io.containerd.transfer.v1.local']\n{}",
-                    ["lcfs", "native", "overlayfs"]
-                        .map(|s| format!(
-                            "  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n    platform = \"{platform}\"\n    snapshotter = \"{s}\"\n"
+                    "\n  platform = \"{platform}\"\n[proxy_plugins.lcfs-diff]\n  type = \"diff\"\n  address = \"{snapshotter}\"\n  platform = \"{platform}\"\n[plugins.'io.containerd.service.v1.diff-service']\n  default = [\"lcfs-diff\", \"walking\"]\n[plugins.'io.containerd.transfer.v1.local']\n{}",
+                    [("lcfs", "lcfs-diff"), ("native", "walking"), ("overlayfs", "walking")]
+                        .map(|(s, d)| format!(
+                            "  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n    platform = \"{platform}\"\n    snapshotter = \"{s}\"\n    differ = \"{d}\"\n"
                         ))
-                        .concat()
+                        .concat(),
+                    snapshotter = snapshotter.display()
                 ),
             )
         } else {
@@ -181,6 +187,11 @@ disabled_plugins = [{cri}]
         let c = Containerd { child, dir: root };
         wait_for("containerd", &log, || c.ctr(&["version"]).status.success());
         c
+    }
+
+    /// containerd's root directory (its content store is below it).
+    fn root(dir: &Path) -> PathBuf {
+        dir.join("containerd/root")
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -304,6 +315,10 @@ fn containerd_unpacks_and_runs_images_on_lcfs_as_on_the_native_snapshotter() {
     for snapshotter in ["lcfs", "native"] {
         containerd.ctr_ok(&["images", "import", "--snapshotter", snapshotter, archive_path]);
     }
+    // containerd 2.x unpacks through lcfs's Diff service, in process; older ones through the
+    // mount. Either way the tree must be native's.
+    let applied = lcfsd.log().matches("layer applied").count();
+    assert_eq!(applied, if containerd_major() >= 2 { 3 } else { 0 }, "layers lcfs applied:\n{}", lcfsd.log());
 
     // The unpacked image, file by file, against the native snapshotter's full copy.
     let top = oci::chain_ids(&diff_ids).pop().expect("three layers");

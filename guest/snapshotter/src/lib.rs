@@ -1,5 +1,7 @@
 //! containerd's Snapshots gRPC service (`containerd.services.snapshots.v1.Snapshots`) over the
-//! LCFS engine, for containerd's `proxy_plugins` of type `snapshot`.
+//! LCFS engine, for containerd's `proxy_plugins` of type `snapshot`, and its Diff service
+//! (`containerd.services.diff.v1.Diff`), for `proxy_plugins` of type `diff` (containerd 2.x),
+//! which unpacks image layers into snapshots in process.
 //!
 //! Every snapshot is one engine layer: an active snapshot a writable layer, a view a view
 //! layer, a committed snapshot a committed layer. Prepare, View and Commit are therefore
@@ -10,9 +12,11 @@
 pub mod filter;
 pub mod names;
 
+mod diff;
 mod error;
 mod service;
 
+pub use diff::Differ;
 pub use error::SnapshotError;
 pub use service::{Host, Snapshotter, serve};
 
@@ -24,6 +28,11 @@ pub mod proto {
             tonic::include_proto!("containerd.types");
         }
         pub mod services {
+            pub mod diff {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.diff.v1");
+                }
+            }
             pub mod snapshots {
                 pub mod v1 {
                     tonic::include_proto!("containerd.services.snapshots.v1");
@@ -31,6 +40,7 @@ pub mod proto {
             }
         }
     }
+    pub use containerd::services::diff::v1 as diff;
     pub use containerd::services::snapshots::v1 as snapshots;
     pub use containerd::types;
 }

@@ -16,14 +16,16 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
+use crate::diff::Differ;
 use crate::error::SnapshotError;
 use crate::filter::{self, Fields, Filter};
 use crate::names::{KEY_LABEL, layer_name};
+use crate::proto::diff::diff_server::DiffServer;
 use crate::proto::snapshots::{self as pb, snapshots_server::SnapshotsServer};
 use crate::proto::types::Mount;
 
-/// What the service needs from the daemon around the engine: the mount that shows layers as
-/// directories.
+/// What the services need from the daemon around the engine: the mount that shows layers as
+/// directories, and containerd's content store.
 pub trait Host: Send + Sync + 'static {
     /// The engine holding the layers.
     fn engine(&self) -> &Engine;
@@ -36,6 +38,9 @@ pub trait Host: Send + Sync + 'static {
     /// name from the kernel's cache would also drop everything cached below it (for a layer
     /// holding 1 GiB that alone made a commit take 100 ms).
     fn layers_changed(&self, names: &[&str]);
+    /// Opens blob `digest` (`<algorithm>:<hex>`, already checked) of containerd's content
+    /// store, for the Diff service.
+    fn open_blob(&self, digest: &str) -> std::io::Result<std::fs::File>;
 }
 
 /// Snapshots sent per `List` message.
@@ -65,14 +70,15 @@ impl<H: Host> Snapshotter<H> {
     }
 }
 
-/// Serves the service on `listener` until `shutdown` completes.
+/// Serves the Snapshots and Diff services on `listener` until `shutdown` completes.
 pub async fn serve<H: Host>(
     host: Arc<H>,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(Snapshotter::new(host)))
+        .add_service(SnapshotsServer::new(Snapshotter::new(host.clone())))
+        .add_service(DiffServer::new(Differ::new(host)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
 }

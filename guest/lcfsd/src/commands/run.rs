@@ -47,6 +47,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         mount: Some(mount),
         mountpoint: args.mountpoint.display().to_string(),
+        containerd_root: args.containerd_root.clone(),
         started,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
