@@ -11,6 +11,8 @@
 #                      (default /var/tmp/lcfs-fuse-bench); built with debootstrap if missing
 #   --out FILE         report to write (default docs/benchmarks/snapshotter.md)
 #
+# Uses the containerd on PATH; with containerd 2.x, lcfs unpacks through its Diff service
+# (scripts/fetch-containerd.sh sid DIR fetches one: PATH=DIR/bin:$PATH scripts/bench-...).
 # Runs as root. Needs containerd, ctr and runc (scripts/install-test-deps.sh installs them),
 # debootstrap on the first run, and python3 (to write the image's JSON). Steps:
 #   1. import: `ctr images import --snapshotter S` of a 3-layer image made from the rootfs
@@ -37,7 +39,7 @@ CHAIN_DEPTH=200
 PEERS=(lcfs overlayfs)
 IMAGE=lcfs.bench/debian:layers
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -127,9 +129,14 @@ IMAGE_MIB=$(du -m --apparent-size "$DIR/image/image.tar" | cut -f1)
 log "starting lcfsd and containerd"
 "$LCFSD" run --device "$DIR/lcfs/disk.img" --size 40G --mountpoint "$DIR/lcfs/mnt" \
     --api-socket "$DIR/lcfs/api.sock" --snapshotter-socket "$DIR/lcfs/snapshotter.sock" \
-    2>"$DIR/lcfs/lcfsd.log" &
+    --containerd-root "$DIR/containerd/root" 2>"$DIR/lcfs/lcfsd.log" &
 LCFS_PID=$!
-cat >"$DIR/containerd/config.toml" <<TOML
+CTD_VERSION=$(containerd --version | awk '{ print $3 }')
+if [ "${CTD_VERSION#v}" \< 2 ]; then
+    # containerd 1.x: the transfer service is not used, and a proxy snapshotter is unpacked
+    # into through its mount.
+    UNPACK="through the FUSE mount (containerd $CTD_VERSION has no diff proxy plugins)"
+    cat >"$DIR/containerd/config.toml" <<TOML
 version = 2
 root = "$DIR/containerd/root"
 state = "$DIR/containerd/state"
@@ -144,6 +151,40 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   type = "snapshot"
   address = "$DIR/lcfs/snapshotter.sock"
 TOML
+else
+    # containerd 2.x: lcfs's Diff service unpacks lcfs snapshots in process; overlayfs keeps
+    # containerd's walking differ.
+    UNPACK="in process, through lcfs's Diff service (containerd $CTD_VERSION's diff proxy plugin)"
+    PLATFORM=linux/$(dpkg --print-architecture)
+    cat >"$DIR/containerd/config.toml" <<TOML
+version = 3
+root = "$DIR/containerd/root"
+state = "$DIR/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
+[grpc]
+  address = "$CTD_SOCK"
+[ttrpc]
+  address = "$CTD_SOCK.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$DIR/containerd/opt"
+[proxy_plugins.lcfs]
+  type = "snapshot"
+  address = "$DIR/lcfs/snapshotter.sock"
+  platform = "$PLATFORM"
+[proxy_plugins.lcfs-diff]
+  type = "diff"
+  address = "$DIR/lcfs/snapshotter.sock"
+  platform = "$PLATFORM"
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "$PLATFORM"
+  snapshotter = "lcfs"
+  differ = "lcfs-diff"
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "$PLATFORM"
+  snapshotter = "overlayfs"
+  differ = "walking"
+TOML
+fi
 containerd --config "$DIR/containerd/config.toml" 2>"$DIR/containerd/containerd.log" &
 CTD_PID=$!
 for _ in $(seq 300); do
@@ -254,6 +295,10 @@ commit_e=$(median lcfs commit_empty_ms)
 commit_ratio=$(ratio "$commit_l" "$commit_e")
 lookup_ratio=$(ratio "$(median lcfs chain${CHAIN_DEPTH}_lookup_us)" "$(median lcfs chain1_lookup_us)")
 elapsed=$((SECONDS - START))
+# lcfsd logs every layer its Diff service applied, with the milliseconds it took.
+APPLIED=$(grep -c 'layer applied' "$DIR/lcfs/lcfsd.log" || true)
+APPLIED_MS=$(sed -n 's/.*layer applied.* ms=\([0-9]*\).*/\1/p' "$DIR/lcfs/lcfsd.log" | awk '{ t += $1 } END { print t + 0 }')
+APPLIED_NOTE="In this run lcfs's Diff service applied $APPLIED layers, in $APPLIED_MS ms all told."
 
 mkdir -p "$(dirname "$OUT")"
 {
@@ -261,13 +306,13 @@ mkdir -p "$(dirname "$OUT")"
 # Snapshotter benchmarks: lcfs against containerd's overlayfs snapshotter
 
 Produced by \`scripts/bench-snapshotter.sh --runs $RUNS\` on $(date -u +%Y-%m-%d) at \`$REV\`
-($(nproc) cores, kernel $(uname -r), containerd $(containerd --version | awk '{ print $3 }'));
+($(nproc) cores, kernel $(uname -r), containerd $CTD_VERSION);
 medians of $RUNS runs with the peers alternating, in one private containerd; the whole run
 took $((elapsed / 60)) min $((elapsed % 60)) s.
 
 The image: $IMAGE_MIB MiB in 3 uncompressed layers, $IMAGE_FILES files and directories (Debian
 $SUITE, debootstrap's default variant plus \`--include=$INCLUDE\`; layer 1 everything but
-\`/usr/lib\` and \`/usr/share\`, then one layer each).
+\`/usr/lib\` and \`/usr/share\`, then one layer each). lcfs unpacked the layers $UNPACK.
 
 | step | lcfs | overlayfs | lcfs / overlayfs | target | result |
 |---|---|---|---|---|---|
@@ -293,8 +338,11 @@ Targets on lcfs alone:
 
 - **import**: the image and its content are removed (\`ctr images rm --sync\`), the archive is
   read into the page cache, then \`ctr images import --snapshotter S\` is timed: content
-  ingestion (the same work for both) plus unpacking the three layers into snapshots. lcfs
-  unpacks through its FUSE mount (containerd extracts the tar into a bind mount of the layer).
+  ingestion (the same work for both) plus unpacking the three layers into snapshots. With
+  containerd 1.x, containerd extracts each tar into a bind mount of the lcfs layer, through
+  FUSE. With containerd 2.x, containerd hands each layer to lcfs's Diff service, which reads
+  the blob from containerd's content store and writes the entries straight into the engine;
+  overlayfs keeps containerd's own (walking) differ. $APPLIED_NOTE
 - **run**: \`ctr run --rm --snapshotter S IMAGE ID /bin/true\` after one warm-up; wall time of
   the whole command (snapshot, runc, exit, removal), median of $RUN_REPEATS.
 - **commit** and **chain**: \`lcfs-snapshotter-bench\` (guest/snapshotter-bench) calls

@@ -40,7 +40,19 @@ wait_for() {
 
 lcfsd_args() {   # size
     printf '%s\n' run --device "$DEVICE" --size "$1" --mountpoint "$MOUNTPOINT" \
-        --api-socket "$API_SOCKET" --snapshotter-socket "$SNAPSHOTTER_SOCKET"
+        --api-socket "$API_SOCKET" --snapshotter-socket "$SNAPSHOTTER_SOCKET" \
+        --containerd-root "$(containerd_root)"
+}
+
+# containerd's root directory (its content store is below it): the top-level `root` of its
+# config, or containerd's default.
+containerd_root() {
+    local root=
+    [ -r "$CONTAINERD_CONFIG" ] &&
+        root=$(awk '/^[[:space:]]*\[/ { exit } /^[[:space:]]*root[[:space:]]*=/ {
+            sub(/^[^=]*=[[:space:]]*/, ""); gsub(/["\047]/, ""); sub(/[[:space:]]*(#.*)?$/, ""); print; exit }' \
+            "$CONTAINERD_CONFIG")
+    printf '%s\n' "${root:-/var/lib/containerd}"
 }
 
 lcfsd_unit() {   # size
@@ -116,11 +128,23 @@ config_block() {
         local platform snapshotters=(lcfs)
         platform=linux/$(dpkg --print-architecture)
         printf '  platform = "%s"\n' "$platform"
-        remove_config_block <"$CONTAINERD_CONFIG" 2>/dev/null | grep -q unpack_config || snapshotters+=(overlayfs)
+        # containerd 2.x also takes lcfs's Diff service, which unpacks lcfs snapshots in
+        # process instead of through the mount.
+        printf '[proxy_plugins.lcfs-diff]\n  type = "diff"\n  address = "%s"\n  platform = "%s"\n' \
+            "$SNAPSHOTTER_SOCKET" "$platform"
+        local rest
+        rest=$(remove_config_block <"$CONTAINERD_CONFIG" 2>/dev/null || true)
+        grep -q unpack_config <<<"$rest" || snapshotters+=(overlayfs)
         for s in "${snapshotters[@]}"; do
-            printf "[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n  platform = \"%s\"\n  snapshotter = \"%s\"\n" \
-                "$platform" "$s"
+            local differ=walking
+            [ "$s" = lcfs ] && differ=lcfs-diff
+            printf "[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n  platform = \"%s\"\n  snapshotter = \"%s\"\n  differ = \"%s\"\n" \
+                "$platform" "$s" "$differ"
         done
+        # Client-side unpacks (Docker's containerd image store) go through the diff service;
+        # lcfs-diff declines every mount that is not an lcfs snapshot's, and walking takes it.
+        grep -q 'io.containerd.service.v1.diff-service' <<<"$rest" ||
+            printf "[plugins.'io.containerd.service.v1.diff-service']\n  default = [\"lcfs-diff\", \"walking\"]\n"
     fi
     printf '%s\n' "$BLOCK_END"
 }

@@ -50,7 +50,6 @@ impl Lcfsd {
     fn start(dir: &Path) -> Lcfsd {
         let log = dir.join("lcfsd.log");
         let child = Command::new(LCFSD)
-            .env("LCFS_LOG", "info,lcfs_snapshotter=debug")
             .args(["run", "--size", "4294967296", "--device"])
             .arg(dir.join("disk.img"))
             .arg("--mountpoint")

@@ -92,7 +92,7 @@ impl<H: Host> Diff for Differ<H> {
         let applied = tokio::task::spawn_blocking(move || apply(host.as_ref(), &layer, &desc.digest, request.sync_fs))
             .await
             .map_err(|e| ApplyError::Task(e.to_string()))??;
-        tracing::debug!(digest = %applied.digest, bytes = applied.size, ms = started.elapsed().as_millis(), "layer applied");
+        tracing::info!(digest = %applied.digest, bytes = applied.size, ms = started.elapsed().as_millis(), "layer applied");
         let applied = Descriptor {
             media_type: APPLIED_MEDIA_TYPE.to_string(),
             digest: applied.digest,
