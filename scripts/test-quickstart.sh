@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Linux quick start on this machine, as root (CI runs it after the tests): the quick
 # start must run a container on lcfs, a second run must change nothing, and the uninstall must
-# put containerd's config back byte for byte and leave no lcfsd behind.
+# put containerd's config back byte for byte and leave no lcfsd behind. Where systemd does not
+# run (CI), the unit the quick start would install is still checked with systemd-analyze.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=/etc/containerd/config.toml
@@ -23,6 +24,16 @@ $second"
 grep -q "Nothing changed" <<<"$second" || fail "the second run changed something:
 $second"
 [ "$(digest)" = "$installed" ] || fail "the second run rewrote $CONFIG"
+
+if command -v systemd-analyze >/dev/null; then
+    unit_dir=$(mktemp -d)
+    # shellcheck source=lib/install.sh
+    (. scripts/lib/install.sh && lcfsd_unit 20G) >"$unit_dir/lcfsd.service"
+    verified=$(systemd-analyze verify "$unit_dir/lcfsd.service" 2>&1) ||
+        fail "systemd-analyze rejects the lcfsd unit:
+$verified"
+    rm -rf "$unit_dir"
+fi
 
 scripts/uninstall.sh --purge || fail "the uninstall failed"
 [ "$(digest)" = "$before" ] || fail "$CONFIG is not back as it was"
