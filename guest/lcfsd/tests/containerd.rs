@@ -348,6 +348,30 @@ fn containerd_unpacks_and_runs_images_on_lcfs_as_on_the_native_snapshotter() {
         containerd.ctr(&["snapshots", "--snapshotter", "lcfs", "ls"]).status.success()
     });
     assert_eq!(containerd.run("third", "cat /etc/hostname /data/attrs"), "lcfs\nattrs\n");
+    if containerd_major() >= 2 {
+        // Client-side unpacks (Docker's image store) go through containerd's diff service,
+        // which tries lcfs-diff first: lcfs snapshots are applied by lcfs, native ones fall
+        // through to the walking differ. A new namespace makes containerd unpack again.
+        for snapshotter in ["lcfs", "native"] {
+            containerd.ctr_ok(&[
+                "-n",
+                "client",
+                "images",
+                "import",
+                "--local",
+                "--snapshotter",
+                snapshotter,
+                archive_path,
+            ]);
+        }
+        assert_eq!(lcfsd.log().matches("layer applied").count(), 6, "{}", lcfsd.log());
+        for snapshotter in ["lcfs", "native"] {
+            let id = format!("client-{snapshotter}");
+            let args =
+                ["-n", "client", "run", "--rm", "--snapshotter", snapshotter, IMAGE, &id, "/bin/cat", "/data/keep"];
+            assert_eq!(containerd.ctr_ok(&args), "keep v2\n", "{snapshotter}");
+        }
+    }
     drop(containerd);
     lcfsd.stop();
     lcfsd.fsck();
