@@ -3,6 +3,16 @@
 
 use tonic::{Code, Status};
 
+/// A failed [`crate::Host::commit_layer`].
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The mount could not push the layer's cached writes into the engine.
+    #[error("flushing the layer before its commit: {0}")]
+    Flush(#[source] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] lcfs_engine::Error),
+}
+
 /// A failed snapshot operation.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

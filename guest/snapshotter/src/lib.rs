@@ -17,7 +17,7 @@ mod error;
 mod service;
 
 pub use diff::Differ;
-pub use error::SnapshotError;
+pub use error::{CommitError, SnapshotError};
 pub use service::{Host, Snapshotter, serve};
 
 /// Code generated from `proto/` by `build.rs`; module paths follow the protobuf packages.

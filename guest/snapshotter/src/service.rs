@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::diff::Differ;
-use crate::error::SnapshotError;
+use crate::error::{CommitError, SnapshotError};
 use crate::filter::{self, Fields, Filter};
 use crate::names::{KEY_LABEL, layer_name};
 use crate::proto::diff::diff_server::DiffServer;
@@ -38,6 +38,20 @@ pub trait Host: Send + Sync + 'static {
     /// name from the kernel's cache would also drop everything cached below it (for a layer
     /// holding 1 GiB that alone made a commit take 100 ms).
     fn layers_changed(&self, names: &[&str]);
+    /// Freezes the writable layer `layer` as `name`: pushes what the mount caches for it into
+    /// the engine, commits it (constant time, durable), and reports only the new name to the
+    /// mount. The lcfs API's commit and the snapshotter's Commit both come here.
+    fn commit_layer(
+        &self,
+        layer: &str,
+        name: &str,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Result<LayerInfo, CommitError> {
+        self.flush_layer(layer).map_err(CommitError::Flush)?;
+        let info = self.engine().commit_layer(layer, name, labels)?;
+        self.layers_changed(&[&info.name]);
+        Ok(info)
+    }
     /// Opens blob `digest` (`<algorithm>:<hex>`, already checked) of containerd's content
     /// store, for the Diff service.
     fn open_blob(&self, digest: &str) -> std::io::Result<std::fs::File>;
@@ -272,13 +286,11 @@ impl<H: Host> pb::snapshots_server::Snapshots for Snapshotter<H> {
             }
             let labels = with_key(user_labels(r.labels)?, &r.name);
             let started = std::time::Instant::now();
-            h.flush_layer(&active.name).map_err(|source| SnapshotError::Flush { key: r.key.clone(), source })?;
-            let flushed = started.elapsed();
-            engine.commit_layer(&active.name, &name, Some(labels)).map_err(|e| SnapshotError::engine(&r.name, e))?;
-            debug!(flush_us = flushed.as_micros(), total_us = started.elapsed().as_micros(), "commit timing");
-            // The layer keeps its directory under the new name; the old name is left to expire
-            // (see `Host::layers_changed`).
-            h.layers_changed(&[&name]);
+            h.commit_layer(&active.name, &name, Some(labels)).map_err(|e| match e {
+                CommitError::Flush(source) => SnapshotError::Flush { key: r.key.clone(), source },
+                CommitError::Engine(e) => SnapshotError::engine(&r.name, e),
+            })?;
+            debug!(total_us = started.elapsed().as_micros(), "commit timing");
             info!(key = %r.key, name = %r.name, "snapshot committed");
             Ok(())
         })

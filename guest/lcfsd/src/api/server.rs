@@ -178,18 +178,15 @@ async fn commit(
 ) -> ApiResult<Json<Layer>> {
     let Json(req) = body?;
     let layer = blocking(&d, move |d| {
-        // Data the kernel still caches for the layer must reach it before it is frozen.
-        if let Some(m) = &d.mount
-            && d.engine.layer(&key)?.kind == LayerKind::Writable
-            && let Err(e) = m.flush_layer(&key)
-        {
-            warn!(layer = %key, error = %e, "flushing the layer before commit failed");
-            return Err(lcfs_engine::Error::Io(e));
-        }
-        let info = d.engine.commit_layer(&key, &req.name, req.labels)?;
-        // Only the new name: see `lcfs_fuse::Mount::invalidate_layer` on why the old one stays.
-        d.invalidate(&[&info.name]);
-        Ok(info)
+        // A missing layer is reported as such, not as a failed flush of its directory.
+        d.engine.layer(&key)?;
+        lcfs_snapshotter::Host::commit_layer(d, &key, &req.name, req.labels).map_err(|e| match e {
+            lcfs_snapshotter::CommitError::Flush(e) => {
+                warn!(layer = %key, error = %e, "flushing the layer before commit failed");
+                lcfs_engine::Error::Io(e)
+            }
+            lcfs_snapshotter::CommitError::Engine(e) => e,
+        })
     })
     .await?;
     info!(layer = %layer.name, "layer committed");
