@@ -306,3 +306,24 @@ fn bad_layers_are_refused_with_the_entry_named() {
     let layer = writable(e, "gzip-garbage", None);
     assert!(matches!(apply(e, layer, &[0x1f, 0x8b, 0, 1, 2, 3][..]), Err(UnpackError::Read(_))));
 }
+
+#[test]
+fn a_full_device_is_reported_and_the_engine_stays_usable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let device = Arc::new(FileDevice::open_or_create(&dir.path().join("dev.img"), 64 << 20).expect("device"));
+    let e = Engine::open_or_format(device, &FormatOptions::default(), &OpenOptions::default()).expect("engine");
+    let layer = writable(&e, "too-big", None);
+    let tar = Tar::new().file("small", 0o644, b"fits").file("huge", 0o644, &vec![1u8; 96 << 20]).finish();
+    match apply(&e, layer, &tar[..]) {
+        Err(UnpackError::Engine { path, source, .. }) => {
+            assert_eq!(path, "huge");
+            assert!(matches!(*source, lcfs_engine::Error::NoSpace), "{source}");
+        }
+        other => panic!("expected no space, got {other:?}"),
+    }
+    // Once the failed layer is gone, the space is back.
+    e.remove_layer("too-big").expect("remove");
+    let layer = writable(&e, "after", None);
+    apply(&e, layer, &Tar::new().file("f", 0o644, &vec![2u8; 8 << 20]).finish()[..]).expect("apply after");
+    assert_eq!(content(&e, layer, "f").len(), 8 << 20);
+}
