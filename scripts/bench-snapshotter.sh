@@ -132,15 +132,13 @@ log "starting lcfsd and containerd"
     --containerd-root "$DIR/containerd/root" 2>"$DIR/lcfs/lcfsd.log" &
 LCFS_PID=$!
 CTD_VERSION=$(containerd --version | awk '{ print $3 }')
-if [ "${CTD_VERSION#v}" \< 2 ]; then
-    # containerd 1.x: the transfer service is not used, and a proxy snapshotter is unpacked
-    # into through its mount.
-    UNPACK="through the FUSE mount (containerd $CTD_VERSION has no diff proxy plugins)"
-    cat >"$DIR/containerd/config.toml" <<TOML
-version = 2
+# The config both major versions share; what differs follows.
+ctd_config() {   # version disabled-plugins
+    cat <<TOML
+version = $1
 root = "$DIR/containerd/root"
 state = "$DIR/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [$2]
 [grpc]
   address = "$CTD_SOCK"
 [ttrpc]
@@ -151,25 +149,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   type = "snapshot"
   address = "$DIR/lcfs/snapshotter.sock"
 TOML
+}
+if [ "${CTD_VERSION#v}" \< 2 ]; then
+    # containerd 1.x: the transfer service is not used, and a proxy snapshotter is unpacked
+    # into through its mount.
+    UNPACK="through the FUSE mount (containerd $CTD_VERSION has no diff proxy plugins)"
+    ctd_config 2 '"io.containerd.grpc.v1.cri"' >"$DIR/containerd/config.toml"
 else
     # containerd 2.x: lcfs's Diff service unpacks lcfs snapshots in process; overlayfs keeps
     # containerd's walking differ.
     UNPACK="in process, through lcfs's Diff service (containerd $CTD_VERSION's diff proxy plugin)"
     PLATFORM=linux/$(dpkg --print-architecture)
-    cat >"$DIR/containerd/config.toml" <<TOML
-version = 3
-root = "$DIR/containerd/root"
-state = "$DIR/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
-[grpc]
-  address = "$CTD_SOCK"
-[ttrpc]
-  address = "$CTD_SOCK.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$DIR/containerd/opt"
-[proxy_plugins.lcfs]
-  type = "snapshot"
-  address = "$DIR/lcfs/snapshotter.sock"
+    {
+        ctd_config 3 '"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"'
+        cat <<TOML
   platform = "$PLATFORM"
 [proxy_plugins.lcfs-diff]
   type = "diff"
@@ -184,6 +177,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
   snapshotter = "overlayfs"
   differ = "walking"
 TOML
+    } >"$DIR/containerd/config.toml"
 fi
 containerd --config "$DIR/containerd/config.toml" 2>"$DIR/containerd/containerd.log" &
 CTD_PID=$!

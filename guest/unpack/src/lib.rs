@@ -138,6 +138,13 @@ struct Meta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+impl Meta {
+    /// The header's owner and mode, for an object that already exists.
+    fn owner_and_mode(&self) -> SetAttr {
+        SetAttr { perm: Some(self.perm), uid: Some(self.uid), gid: Some(self.gid), ..SetAttr::default() }
+    }
+}
+
 /// The state of one [`apply`].
 struct Unpacker<'e> {
     engine: &'e Engine,
@@ -200,13 +207,9 @@ impl Unpacker<'_> {
             tar::EntryType::Directory => {
                 let ino = match existing.filter(|_| keep_dir) {
                     Some(existing) => {
-                        let set = SetAttr {
-                            perm: Some(meta.perm),
-                            uid: Some(meta.uid),
-                            gid: Some(meta.gid),
-                            ..SetAttr::default()
-                        };
-                        engine.setattr(layer, existing.ino, &set).map_err(|e| fail("setting attributes", e))?;
+                        engine
+                            .setattr(layer, existing.ino, &meta.owner_and_mode())
+                            .map_err(|e| fail("setting attributes", e))?;
                         self.set_xattrs(existing.ino, &meta.xattrs, &shown)?;
                         existing.ino
                     }
@@ -252,13 +255,9 @@ impl Unpacker<'_> {
                 // Like containerd, the link's header sets owner and mode of the shared file,
                 // unless it is a symbolic link.
                 if target_attr.kind != FileKind::Symlink {
-                    let set = SetAttr {
-                        perm: Some(meta.perm),
-                        uid: Some(meta.uid),
-                        gid: Some(meta.gid),
-                        ..SetAttr::default()
-                    };
-                    engine.setattr(layer, target_attr.ino, &set).map_err(|e| fail("setting attributes", e))?;
+                    engine
+                        .setattr(layer, target_attr.ino, &meta.owner_and_mode())
+                        .map_err(|e| fail("setting attributes", e))?;
                 }
                 target_attr.ino
             }
