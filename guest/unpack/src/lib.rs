@@ -222,7 +222,8 @@ impl Unpacker<'_> {
                 self.added.insert((dir, name.to_vec()));
                 return Ok(());
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            // As in containerd, sparse and contiguous entries are refused (below).
+            tar::EntryType::Regular => {
                 let node = node(FileKind::Regular, 0, Vec::new());
                 let ino = engine.create(layer, dir, name, &node).map_err(|e| fail("creating file", e))?.ino;
                 self.copy_data(&mut entry, ino, &shown)?;
@@ -293,7 +294,8 @@ impl Unpacker<'_> {
 
     /// Sets directory times last: adding entries to a directory changes its modification time.
     fn finish(self) -> Result<(), UnpackError> {
-        for (ino, atime, mtime) in self.dir_times.into_iter().rev() {
+        // In tar order, so the last header naming a directory sets its times, as in containerd.
+        for (ino, atime, mtime) in self.dir_times {
             let set =
                 SetAttr { atime: Some(SetTime::At(atime)), mtime: Some(SetTime::At(mtime)), ..SetAttr::default() };
             // A directory removed by a later whiteout is gone; that is not an error.
@@ -436,7 +438,8 @@ impl Unpacker<'_> {
                             source: Box::new(source),
                         }
                     })?;
-                    self.added.insert((dir, component));
+                    // Not recorded as added: containerd's opaque markers remove implicit
+                    // parents too.
                     stack.push(attr.ino);
                 }
                 None => return Err(bad("a parent directory does not exist")),
@@ -445,33 +448,46 @@ impl Unpacker<'_> {
         Ok(*stack.last().unwrap_or(&ROOT_INO))
     }
 
-    /// Removes everything in `dir` this layer did not add (`.wh..wh..opq`).
+    /// Removes everything below `dir` this layer did not add (`.wh..wh..opq`). As containerd
+    /// does, directories this layer kept are searched too, so what a lower layer put in them
+    /// goes as well.
     fn make_opaque(&mut self, dir: Ino, shown: &str) -> Result<(), UnpackError> {
-        for entry in self.list(dir, shown)? {
-            if self.added.contains(&(dir, entry.name.clone())) {
-                continue;
-            }
-            if let Some(attr) = self.lookup(dir, &entry.name, shown)? {
-                self.remove_tree(dir, &entry.name, &attr, shown)?;
+        let mut dirs = vec![dir];
+        while let Some(dir) = dirs.pop() {
+            for entry in self.list(dir, shown)? {
+                let Some(attr) = self.lookup(dir, &entry.name, shown)? else { continue };
+                if !self.added.contains(&(dir, entry.name.clone())) {
+                    self.remove_tree(dir, &entry.name, &attr, shown)?;
+                } else if attr.kind == FileKind::Directory {
+                    dirs.push(attr.ino);
+                }
             }
         }
         Ok(())
     }
 
-    /// Removes `name` from `dir`, with everything below it if it is a directory.
+    /// Removes `name` from `dir`, with everything below it if it is a directory. The walk
+    /// keeps its own stack: a tar can make a tree deeper than the thread's stack.
     fn remove_tree(&mut self, dir: Ino, name: &[u8], attr: &Attr, shown: &str) -> Result<(), UnpackError> {
         let fail = |what, source| UnpackError::Engine { path: shown.to_string(), what, source: Box::new(source) };
-        if attr.kind == FileKind::Directory {
-            for entry in self.list(attr.ino, shown)? {
-                if let Some(child) = self.lookup(attr.ino, &entry.name, shown)? {
-                    self.remove_tree(attr.ino, &entry.name, &child, shown)?;
+        // (directory, name, inode if it is a directory, whether its children were queued)
+        let mut stack = vec![(dir, name.to_vec(), (attr.kind == FileKind::Directory).then_some(attr.ino), false)];
+        while let Some((parent, name, dir_ino, expanded)) = stack.pop() {
+            match dir_ino {
+                Some(ino) if !expanded => {
+                    let children = self.list(ino, shown)?;
+                    stack.push((parent, name, dir_ino, true));
+                    for entry in children {
+                        let is_dir = entry.kind == FileKind::Directory;
+                        stack.push((ino, entry.name, is_dir.then_some(entry.ino), false));
+                    }
+                    continue;
                 }
+                Some(_) => self.engine.rmdir(self.layer, parent, &name).map_err(|e| fail("removing a directory", e))?,
+                None => self.engine.unlink(self.layer, parent, &name).map_err(|e| fail("removing", e))?,
             }
-            self.engine.rmdir(self.layer, dir, name).map_err(|e| fail("removing a directory", e))?;
-        } else {
-            self.engine.unlink(self.layer, dir, name).map_err(|e| fail("removing", e))?;
+            self.added.remove(&(parent, name));
         }
-        self.added.remove(&(dir, name.to_vec()));
         Ok(())
     }
 
@@ -526,8 +542,8 @@ fn pax_time(text: &str) -> Option<Timestamp> {
     let nanos: u32 = digits.parse().ok()?;
     Some(match (negative, nanos) {
         (false, _) => Timestamp::new(secs, nanos),
-        (true, 0) => Timestamp::new(-secs, 0),
-        (true, _) => Timestamp::new(-secs - 1, 1_000_000_000 - nanos),
+        (true, 0) => Timestamp::new(secs.checked_neg()?, 0),
+        (true, _) => Timestamp::new(secs.checked_neg()?.checked_sub(1)?, 1_000_000_000 - nanos),
     })
 }
 
@@ -543,6 +559,8 @@ mod tests {
         assert_eq!(pax_time("-1.5"), Some(Timestamp::new(-2, 500_000_000)));
         assert_eq!(pax_time("12x"), None);
         assert_eq!(pax_time("1.2x"), None);
+        assert_eq!(pax_time("--9223372036854775808"), None);
+        assert_eq!(pax_time("-9223372036854775808.5"), None);
     }
 
     #[test]

@@ -327,3 +327,82 @@ fn a_full_device_is_reported_and_the_engine_stays_usable() {
     apply(&e, layer, &Tar::new().file("f", 0o644, &vec![2u8; 8 << 20]).finish()[..]).expect("apply after");
     assert_eq!(content(&e, layer, "f").len(), 8 << 20);
 }
+
+#[test]
+fn deep_trees_are_removed_without_recursion() {
+    let f = engine();
+    let e = &f.engine;
+    let layer = writable(e, "deep", None);
+    // Thousands of levels, deeper than a recursive removal could go on a 2 MiB stack.
+    let deep = "a/".repeat(20_000) + "leaf";
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(1);
+    builder.append_data(&mut h, &deep, &b"x"[..]).expect("long name");
+    let mut tar = Tar { builder };
+    let tar = tar.file(".wh.a", 0o644, b"").finish();
+    let done = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn({
+            let tar = tar.clone();
+            let f = f;
+            move || {
+                apply(&f.engine, layer, &tar[..]).expect("apply");
+                names(&f.engine, layer, ROOT_INO)
+            }
+        })
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(done.is_empty(), "{done:?}");
+}
+
+#[test]
+fn an_opaque_marker_also_empties_directories_the_layer_kept() {
+    let f = engine();
+    let e = &f.engine;
+    let base = writable(e, "base-key", None);
+    let tar = Tar::new().file("etc/ssl/old.pem", 0o644, b"o").file("etc/lower", 0o644, b"l").finish();
+    apply(e, base, &tar[..]).expect("base");
+    e.commit_layer("base-key", "base", None).expect("commit");
+    let top = writable(e, "top", Some("base"));
+    let tar = Tar::new()
+        .dir("etc", 0o755)
+        .dir("etc/ssl", 0o755)
+        .file("etc/ssl/new.pem", 0o644, b"n")
+        .file("etc/.wh..wh..opq", 0o644, b"")
+        .finish();
+    apply(e, top, &tar[..]).expect("top");
+    assert_eq!(names(e, top, find(e, top, "etc").expect("etc").ino), ["ssl"]);
+    assert_eq!(names(e, top, find(e, top, "etc/ssl").expect("ssl").ino), ["new.pem"]);
+}
+
+#[test]
+fn the_last_header_of_a_directory_sets_its_times() {
+    let f = engine();
+    let layer = writable(&f.engine, "l", None);
+    let mut tar = Tar::new();
+    tar.dir("d", 0o755);
+    let mut later = Tar::header("d", tar::EntryType::Directory, 0o700, 0);
+    later.set_mtime(1_700_000_000);
+    let tar = tar.append(later, &[]).finish();
+    apply(&f.engine, layer, &tar[..]).expect("apply");
+    let d = find(&f.engine, layer, "d").expect("d");
+    assert_eq!((d.perm, d.mtime), (0o700, Timestamp::new(1_700_000_000, 0)));
+}
+
+#[test]
+fn extended_attributes_beyond_the_engine_s_limits_are_refused() {
+    let f = engine();
+    let big = vec![b'v'; 70_000];
+    let cases: [(&str, &[u8]); 2] = [("SCHILY.xattr.", b"empty name"), ("SCHILY.xattr.user.big", &big)];
+    for (i, (key, value)) in cases.into_iter().enumerate() {
+        let layer = writable(&f.engine, &format!("x{i}"), None);
+        let tar = Tar::new().pax(&[(key, value)]).file("f", 0o644, b"").finish();
+        match apply(&f.engine, layer, &tar[..]) {
+            Err(UnpackError::Engine { path, .. }) => assert_eq!(path, "f"),
+            other => panic!("{key}: expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -101,6 +101,7 @@ impl State {
 
     /// The record of a new inode.
     pub(crate) fn new_record(node: &NewNode, now: Timestamp, links: Vec<Link>) -> Result<InodeRecord> {
+        super::xattr::check_initial(&node.xattrs)?;
         let mut size = 0;
         match node.kind {
             FileKind::Symlink => {

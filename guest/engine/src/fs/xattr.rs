@@ -27,6 +27,22 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Checks the attributes a new object starts with against the limits `set_xattr` applies.
+pub(crate) fn check_initial(xattrs: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    let mut total = 0;
+    for (name, value) in xattrs {
+        check_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Error::AttributeTooLarge(value.len()));
+        }
+        total += name.len() + value.len();
+    }
+    if total > XATTR_TOTAL_MAX {
+        return Err(Error::NoSpace);
+    }
+    Ok(())
+}
+
 impl State {
     pub(crate) fn get_xattr(&self, l: &LayerRef, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         check_name(name)?;
