@@ -23,8 +23,10 @@
 
 mod path;
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
+use std::rc::Rc;
 
 use lcfs_engine::{Attr, Engine, FileKind, Ino, LayerId, NewNode, ROOT_INO, SetAttr, SetTime, Timestamp};
 use sha2::{Digest, Sha256};
@@ -97,13 +99,25 @@ pub fn apply(engine: &Engine, layer: LayerId, blob: impl Read) -> Result<Applied
     } else {
         Box::new(blob)
     };
-    let mut digested = DigestingReader { inner: plain, hasher: Sha256::new(), bytes: 0 };
+    let between_entries = Rc::new(HeaderBudget::default());
+    let mut digested =
+        DigestingReader { inner: plain, hasher: Sha256::new(), bytes: 0, budget: between_entries.clone() };
     {
         let mut archive = tar::Archive::new(&mut digested);
         let mut unpacker = Unpacker { engine, layer, added: HashSet::new(), dir_times: Vec::new() };
-        for entry in archive.entries().map_err(UnpackError::Read)? {
-            unpacker.entry(entry.map_err(UnpackError::Read)?)?;
+        let mut entries = archive.entries().map_err(UnpackError::Read)?;
+        loop {
+            // What the tar crate reads to find the next entry (padding, PAX and GNU long-name
+            // headers, which it holds in memory whole) is capped, as Go's reader caps them.
+            between_entries.arm();
+            let Some(entry) = entries.next() else { break };
+            between_entries.disarm();
+            let mut entry = entry.map_err(UnpackError::Read)?;
+            unpacker.entry(&mut entry)?;
+            // Whatever data the entry had and was not applied is read here, outside the cap.
+            io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Read)?;
         }
+        between_entries.disarm();
         unpacker.finish()?;
     }
     // The digest covers the whole stream, including the padding after the end-of-archive blocks.
@@ -112,11 +126,12 @@ pub fn apply(engine: &Engine, layer: LayerId, blob: impl Read) -> Result<Applied
     Ok(Applied { digest: format!("sha256:{hex}"), size: digested.bytes })
 }
 
-/// Hashes and counts what passes through.
+/// Hashes and counts what passes through, and enforces [`HeaderBudget`].
 struct DigestingReader<R> {
     inner: R,
     hasher: Sha256,
     bytes: u64,
+    budget: Rc<HeaderBudget>,
 }
 
 impl<R: Read> Read for DigestingReader<R> {
@@ -124,7 +139,42 @@ impl<R: Read> Read for DigestingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        self.budget.spend(n)?;
         Ok(n)
+    }
+}
+
+/// Bytes the tar reader may read between two entries: a GNU long name, a long link name and a
+/// PAX header of up to 1 MiB each (Go's limit), plus headers and padding.
+const HEADER_BUDGET: u64 = 3 * (1 << 20) + 8 * 512;
+
+/// The bytes left to read before the next entry, while armed.
+#[derive(Debug, Default)]
+struct HeaderBudget {
+    left: Cell<Option<u64>>,
+}
+
+impl HeaderBudget {
+    fn arm(&self) {
+        self.left.set(Some(HEADER_BUDGET));
+    }
+
+    fn disarm(&self) {
+        self.left.set(None);
+    }
+
+    fn spend(&self, n: usize) -> io::Result<()> {
+        let Some(left) = self.left.get() else { return Ok(()) };
+        match left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left.set(Some(left));
+                Ok(())
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "tar extension headers (PAX or GNU long names) larger than 1 MiB each",
+            )),
+        }
     }
 }
 
@@ -156,7 +206,7 @@ struct Unpacker<'e> {
 }
 
 impl Unpacker<'_> {
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let path = EntryPath::parse(&raw);
@@ -184,7 +234,7 @@ impl Unpacker<'_> {
             };
         }
 
-        let meta = self.meta(&mut entry, &shown)?;
+        let meta = self.meta(entry, &shown)?;
         let existing = self.lookup(dir, name, &shown)?;
         let keep_dir = matches!(&existing, Some(a) if a.kind == FileKind::Directory) && kind.is_dir();
         if let Some(existing) = existing.as_ref().filter(|_| !keep_dir) {
@@ -226,7 +276,7 @@ impl Unpacker<'_> {
             tar::EntryType::Regular => {
                 let node = node(FileKind::Regular, 0, Vec::new());
                 let ino = engine.create(layer, dir, name, &node).map_err(|e| fail("creating file", e))?.ino;
-                self.copy_data(&mut entry, ino, &shown)?;
+                self.copy_data(entry, ino, &shown)?;
                 ino
             }
             tar::EntryType::Symlink => {

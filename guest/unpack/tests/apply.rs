@@ -406,3 +406,29 @@ fn extended_attributes_beyond_the_engine_s_limits_are_refused() {
         }
     }
 }
+
+#[test]
+fn oversized_extension_headers_are_refused_before_they_fill_memory() {
+    let f = engine();
+    // Up to 1 MiB is fine, as in Go's reader; data the applier skips does not count.
+    let fine = vec![b'v'; 900 << 10];
+    let layer = writable(&f.engine, "fine", None);
+    let mut skipped = Tar::header(".wh.nothing", tar::EntryType::Regular, 0o644, 4 << 20);
+    skipped.set_cksum();
+    let tar = Tar::new()
+        .pax(&[("LCFS.comment", &fine)])
+        .file("f", 0o644, b"")
+        .append(skipped, &vec![0u8; 4 << 20])
+        .file("after", 0o644, b"a")
+        .finish();
+    apply(&f.engine, layer, &tar[..]).expect("a 900 KiB PAX header");
+    assert_eq!(content(&f.engine, layer, "after"), b"a");
+    // A header of many MiB (a few KB once compressed) is refused while it is read.
+    let huge = vec![b'v'; 8 << 20];
+    let tar = Tar::new().pax(&[("LCFS.comment", &huge)]).file("g", 0o644, b"").finish();
+    let layer = writable(&f.engine, "huge", None);
+    match apply(&f.engine, layer, &tar[..]) {
+        Err(UnpackError::Read(e)) => assert!(e.to_string().contains("larger than 1 MiB"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
