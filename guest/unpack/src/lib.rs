@@ -229,7 +229,7 @@ impl Unpacker<'_> {
                 return Ok(());
             }
             return match self.lookup(dir, hidden, &shown)? {
-                Some(existing) => self.remove_tree(dir, hidden, &existing, &shown),
+                Some(existing) => self.remove_tree(dir, hidden, existing.kind, existing.ino, &shown),
                 None => Ok(()),
             };
         }
@@ -238,7 +238,7 @@ impl Unpacker<'_> {
         let existing = self.lookup(dir, name, &shown)?;
         let keep_dir = matches!(&existing, Some(a) if a.kind == FileKind::Directory) && kind.is_dir();
         if let Some(existing) = existing.as_ref().filter(|_| !keep_dir) {
-            self.remove_tree(dir, name, existing, &shown)?;
+            self.remove_tree(dir, name, existing.kind, existing.ino, &shown)?;
         }
         let engine = self.engine;
         let layer = self.layer;
@@ -505,11 +505,10 @@ impl Unpacker<'_> {
         let mut dirs = vec![dir];
         while let Some(dir) = dirs.pop() {
             for entry in self.list(dir, shown)? {
-                let Some(attr) = self.lookup(dir, &entry.name, shown)? else { continue };
                 if !self.added.contains(&(dir, entry.name.clone())) {
-                    self.remove_tree(dir, &entry.name, &attr, shown)?;
-                } else if attr.kind == FileKind::Directory {
-                    dirs.push(attr.ino);
+                    self.remove_tree(dir, &entry.name, entry.kind, entry.ino, shown)?;
+                } else if entry.kind == FileKind::Directory {
+                    dirs.push(entry.ino);
                 }
             }
         }
@@ -518,10 +517,10 @@ impl Unpacker<'_> {
 
     /// Removes `name` from `dir`, with everything below it if it is a directory. The walk
     /// keeps its own stack: a tar can make a tree deeper than the thread's stack.
-    fn remove_tree(&mut self, dir: Ino, name: &[u8], attr: &Attr, shown: &str) -> Result<(), UnpackError> {
+    fn remove_tree(&mut self, dir: Ino, name: &[u8], kind: FileKind, ino: Ino, shown: &str) -> Result<(), UnpackError> {
         let fail = |what, source| UnpackError::Engine { path: shown.to_string(), what, source: Box::new(source) };
         // (directory, name, inode if it is a directory, whether its children were queued)
-        let mut stack = vec![(dir, name.to_vec(), (attr.kind == FileKind::Directory).then_some(attr.ino), false)];
+        let mut stack = vec![(dir, name.to_vec(), (kind == FileKind::Directory).then_some(ino), false)];
         while let Some((parent, name, dir_ino, expanded)) = stack.pop() {
             match dir_ino {
                 Some(ino) if !expanded => {
