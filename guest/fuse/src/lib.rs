@@ -2,8 +2,8 @@
 //!
 //! One mount shows every layer as a directory named after it (`<mountpoint>/<layer>`);
 //! committed layers and views are read-only, a writable layer's directory is a container's root
-//! file system. Requests are served by several threads (fuser's multi-threaded session with a
-//! cloned `/dev/fuse` descriptor per thread) straight into the engine, whose counters therefore
+//! file system. Requests are served by several threads (fuser's multi-threaded session, all
+//! reading one `/dev/fuse` descriptor) straight into the engine, whose counters therefore
 //! see every operation. Design and measurements: `docs/design/fuse.md`.
 
 mod acl;
@@ -105,7 +105,13 @@ pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::R
     ];
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
+    // One descriptor shared by every thread, not one cloned per thread: the kernel looks a
+    // reply up among the requests read from the descriptor it is written to. fuser answers
+    // every INTERRUPT with ENOSYS, which makes the kernel stop sending them, but only if that
+    // answer finds the interrupted request; on cloned descriptors it almost never does, and
+    // each signal to a waiting caller (Go's preemption signal, in containerd and runc) costs
+    // a round trip and an error line. On 2 CPUs sharing changed nothing measurable.
+    config.clone_fd = false;
     let session = Session::new(LcfsFs::new(engine, options.writeback_cache), mountpoint, &config)?;
     let notifier = session.notifier();
     let session = session.spawn()?;

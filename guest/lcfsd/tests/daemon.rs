@@ -330,3 +330,52 @@ fn a_commit_holds_every_byte_written_before_it_even_from_still_open_files() {
     d.layer_ok(&["create", "child", "--parent", "work@1"]);
     assert_eq!(std::fs::read(d.layer_dir("child").join("data")).expect("read"), data);
 }
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Go programs (containerd, runc, Docker) preempt their threads with SIGURG, so signals often
+/// arrive while a caller waits on a FUSE request and the kernel sends an INTERRUPT for it. The
+/// daemon does not cancel requests; it answers ENOSYS, which tells the kernel to stop sending
+/// interrupts. That answer must reach the kernel (the first time it does, the kernel sends no
+/// more); when it cannot, every signal costs a round trip and an error line in the log.
+#[test]
+fn signals_to_callers_stop_costing_round_trips() {
+    use std::os::unix::thread::JoinHandleExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(tmp.path(), "1G");
+    d.layer_ok(&["create", "busy"]);
+    let dir = d.layer_dir("busy");
+    // SAFETY: installs a handler that does nothing for SIGURG, whose default action is to be
+    // ignored; with a handler the signal interrupts waits instead of being dropped.
+    let previous = unsafe { libc::signal(libc::SIGURG, ignore_signal as *const () as libc::sighandler_t) };
+    assert_ne!(previous, libc::SIG_ERR);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            // Names never seen before: each lookup goes to the daemon.
+            for i in 0..20_000 {
+                let _ = std::fs::symlink_metadata(dir.join(format!("missing-{i}")));
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let mut sent = 0u32;
+    while !done.load(Ordering::Acquire) {
+        // SAFETY: the thread is alive until `done` is set, and joined only below.
+        if unsafe { libc::pthread_kill(worker.as_pthread_t(), libc::SIGURG) } == 0 {
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+    worker.join().expect("worker");
+    assert!(sent > 1000, "only {sent} signals were sent");
+
+    let failed = d.log().matches("Failed to send FUSE reply").count();
+    assert!(failed < 10, "{failed} replies to interrupts failed after {sent} signals:\n{}", d.log());
+    assert_eq!(http(&d.socket(), "GET", "/v1/status", "").0, 200, "daemon still healthy");
+}
