@@ -17,7 +17,8 @@
 # debootstrap on the first run, and python3 (to write the image's JSON). Steps:
 #   1. import: `ctr images import --snapshotter S` of a 3-layer image made from the rootfs
 #      (content ingestion plus unpack), after the image and its content were removed;
-#   2. run: `ctr run --rm --snapshotter S IMAGE ID /bin/true`, start to exit, median of 10;
+#   2. run: `ctr run --rm --snapshotter S IMAGE ID /bin/true`, start to exit, the two peers in
+#      turns, median of 20 each;
 #   3. commit: Commit of an active snapshot holding 1 GiB (written and fsynced through its
 #      mount), and of an empty one, through containerd's Snapshots API; median of 5 each;
 #   4. chain: a chain of 200 snapshots and one of 1; in 5 rounds alternating between them,
@@ -34,12 +35,12 @@ RUNS=3
 SUITE=bookworm
 INCLUDE=gcc,make,python3   # as bench-fuse.sh, so the cached tarball is shared
 MIRROR=
-RUN_REPEATS=10
+RUN_REPEATS=20
 CHAIN_DEPTH=200
 PEERS=(lcfs overlayfs)
 IMAGE=lcfs.bench/debian:layers
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -202,16 +203,27 @@ step_import() {   # run peer
     record "$1" "$2" import_s "$(awk -v ms=$((t1 - t0)) 'BEGIN { printf "%.2f", ms / 1000 }')"
 }
 
-step_run() {   # run peer
-    local i t0 t1 times=()
-    ctr_ run --rm --snapshotter "$2" "$IMAGE" "warm-$1-$2" /bin/true || die "ctr run on $2 failed"
-    for i in $(seq "$RUN_REPEATS"); do
-        t0=$(now_ms)
-        ctr_ run --rm --snapshotter "$2" "$IMAGE" "bench-$1-$2-$i" /bin/true
-        t1=$(now_ms)
-        times+=($((t1 - t0)))
+# Both peers' containers in turns, so that the machine's drift (this VM's speed changes from
+# minute to minute) weighs on both alike. The image is unpacked for both first: importing it
+# again adds the missing snapshotter's snapshots (untimed).
+step_run() {   # run first-peer second-peer
+    local peer i t0 t1
+    declare -A times=()
+    for peer in "$2" "$3"; do
+        ctr_ images import --snapshotter "$peer" "$DIR/image/image.tar" >/dev/null || die "import into $peer failed"
+        ctr_ run --rm --snapshotter "$peer" "$IMAGE" "warm-$1-$peer" /bin/true || die "ctr run on $peer failed"
     done
-    record "$1" "$2" run_ms "$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+    for i in $(seq "$RUN_REPEATS"); do
+        for peer in "$2" "$3"; do
+            t0=$(now_ms)
+            ctr_ run --rm --snapshotter "$peer" "$IMAGE" "bench-$1-$peer-$i" /bin/true
+            t1=$(now_ms)
+            times[$peer]+="$((t1 - t0)) "
+        done
+    done
+    for peer in "$2" "$3"; do
+        record "$1" "$peer" run_ms "$(printf '%s\n' ${times[$peer]} | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+    done
 }
 
 step_commit() {   # run peer
@@ -257,10 +269,11 @@ for run in $(seq "$RUNS"); do
     for peer in "${order[@]}"; do
         log "run $run/$RUNS: $peer"
         step_import "$run" "$peer"
-        step_run "$run" "$peer"
         step_commit "$run" "$peer"
         step_chain "$run" "$peer"
     done
+    log "run $run/$RUNS: containers, ${order[*]} in turns"
+    step_run "$run" "${order[@]}"
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -337,8 +350,10 @@ Targets on lcfs alone:
   FUSE. With containerd 2.x, containerd hands each layer to lcfs's Diff service, which reads
   the blob from containerd's content store and writes the entries straight into the engine;
   overlayfs keeps containerd's own (walking) differ. $APPLIED_NOTE
-- **run**: \`ctr run --rm --snapshotter S IMAGE ID /bin/true\` after one warm-up; wall time of
-  the whole command (snapshot, runc, exit, removal), median of $RUN_REPEATS.
+- **run**: \`ctr run --rm --snapshotter S IMAGE ID /bin/true\` after one warm-up each; wall
+  time of the whole command (snapshot, runc, exit, removal). The two peers take turns, one
+  container each, $RUN_REPEATS times, so that the machine's drift weighs on both alike;
+  median of the $RUN_REPEATS per round.
 - **commit** and **chain**: \`lcfs-snapshotter-bench\` (guest/snapshotter-bench) calls
   containerd's Snapshots API with \`snapshotter = S\`, so both peers are reached through
   containerd the same way, so every figure includes containerd's own bookkeeping (its
