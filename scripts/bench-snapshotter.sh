@@ -151,7 +151,9 @@ disabled_plugins = [$2]
   address = "$DIR/lcfs/snapshotter.sock"
 TOML
 }
-if [ "${CTD_VERSION#v}" \< 2 ]; then
+CTD_MAJOR=${CTD_VERSION#v}
+CTD_MAJOR=${CTD_MAJOR%%.*}
+if [ "$CTD_MAJOR" -lt 2 ]; then
     # containerd 1.x: the transfer service is not used, and a proxy snapshotter is unpacked
     # into through its mount.
     UNPACK="through the FUSE mount (containerd $CTD_VERSION has no diff proxy plugins)"
@@ -222,7 +224,7 @@ step_run() {   # run first-peer second-peer
         done
     done
     for peer in "$2" "$3"; do
-        record "$1" "$peer" run_ms "$(printf '%s\n' ${times[$peer]} | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+        record "$1" "$peer" run_ms "$(tr ' ' '\n' <<<"${times[$peer]% }" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
     done
 }
 
@@ -301,6 +303,23 @@ commit_l=$(median lcfs commit_1g_ms)
 commit_e=$(median lcfs commit_empty_ms)
 commit_ratio=$(ratio "$commit_l" "$commit_e")
 lookup_ratio=$(ratio "$(median lcfs chain${CHAIN_DEPTH}_lookup_us)" "$(median lcfs chain1_lookup_us)")
+# The ratio of each run's two medians, for the targets whose peers ran side by side.
+per_run_ratios() {   # key
+    awk -F'\t' -v k="$1" '$3 == k { v[$1 "," $2] = $4; runs[$1] = 1 }
+        END { for (r = 1; r in runs; r++) if (v[r ",overlayfs"] + 0 > 0)
+                  printf "%s%.2f", (r > 1 ? ", " : ""), v[r ",lcfs"] / v[r ",overlayfs"] }' "$RESULTS"
+}
+# containerd runs fusermount3 -u for every FUSE-backed unmount (two per lcfs container).
+FUSERMOUNT=$(command -v fusermount3 || command -v fusermount || true)
+if [ -n "$FUSERMOUNT" ]; then
+    spawn_ms=$(for _ in $(seq 10); do
+        t0=$(date +%s%N); "$FUSERMOUNT" --version >/dev/null 2>&1 || true; t1=$(date +%s%N)
+        echo $(((t1 - t0) / 1000))
+    done | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] / 1000 }')
+    FUSERMOUNT_NOTE="This machine has \`$FUSERMOUNT\`: containerd unmounts a FUSE-backed rootfs by running it, twice per lcfs container (ctr's temporary mount, the shim's rootfs); starting it takes about $spawn_ms ms here, which \`ctr run\` on lcfs pays and overlayfs does not (docs/design/snapshotter.md, Starting a container)."
+else
+    FUSERMOUNT_NOTE="This machine has no \`fusermount3\`, so containerd unmounts lcfs rootfs mounts with umount(2) directly."
+fi
 elapsed=$((SECONDS - START))
 # lcfsd logs every layer its Diff service applied, with the milliseconds it took.
 APPLIED=$(grep -c 'layer applied' "$DIR/lcfs/lcfsd.log" || true)
@@ -331,6 +350,8 @@ $(row "prepare on top of a $CHAIN_DEPTH-snapshot chain" chain${CHAIN_DEPTH}_prep
 $(row "prepare on a 1-snapshot chain" chain1_prepare_ms ms "—")
 $(row "cold lookup, bottom-layer file, from the top of $CHAIN_DEPTH" chain${CHAIN_DEPTH}_lookup_us µs "—")
 $(row "cold lookup, from the top of a 1-snapshot chain" chain1_lookup_us µs "—")
+
+Ratios run by run: import $(per_run_ratios import_s); \`ctr run\` $(per_run_ratios run_ms).
 
 Targets on lcfs alone:
 
@@ -367,6 +388,7 @@ Targets on lcfs alone:
   \`lowerdir\` list outgrows the one page the mount options may fill, and its rows show the
   error. (containerd's own mount code shortens the paths and gets further, to about 125
   layers in Docker's experience; neither reaches $CHAIN_DEPTH.)
+- $FUSERMOUNT_NOTE
 - Cold lookups through FUSE cost a round trip to the daemon each; the kernel answers
   overlayfs's from its own tree. The lookup target compares lcfs with itself: depth
   $CHAIN_DEPTH against depth 1.
