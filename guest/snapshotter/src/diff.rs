@@ -5,8 +5,14 @@
 //! Requests it cannot serve (mounts that are not an lcfs snapshot's, media types it does not
 //! know, stream processors) get `Unimplemented`, which containerd's diff service reads as
 //! "try the next differ", so listing lcfs before `walking` is safe for every snapshotter.
+//!
+//! An Apply that containerd cancels (or abandons by going away) stops at the next read of the
+//! blob; what was applied stays in the layer until containerd removes the snapshot, as it does
+//! after any failed unpack.
 
+use std::io::{self, Read};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lcfs_engine::LayerKind;
 use tonic::{Code, Request, Response, Status};
@@ -38,6 +44,8 @@ enum ApplyError {
     Engine { layer: String, source: lcfs_engine::Error },
     #[error("the apply task stopped: {0}")]
     Task(String),
+    #[error("applying layer {digest} to snapshot layer {layer:?} was cancelled")]
+    Cancelled { digest: String, layer: String },
 }
 
 impl From<ApplyError> for Status {
@@ -49,6 +57,7 @@ impl From<ApplyError> for Status {
             ApplyError::InvalidArgument(_) => Code::InvalidArgument,
             ApplyError::NoLayer(_) | ApplyError::NoBlob { .. } => Code::NotFound,
             ApplyError::NotWritable(_) => Code::FailedPrecondition,
+            ApplyError::Cancelled { .. } => Code::Cancelled,
             ApplyError::Unpack { source: U::Read(_) | U::BadEntry { .. }, .. } => Code::InvalidArgument,
             ApplyError::Unpack { source: U::Engine { source, .. }, .. }
                 if matches!(**source, E::NoSpace | E::NoMetadataSpace) =>
@@ -89,9 +98,13 @@ impl<H: Host> Diff for Differ<H> {
         check_digest(&desc.digest)?;
         let host = self.host.clone();
         let started = std::time::Instant::now();
-        let applied = tokio::task::spawn_blocking(move || apply(host.as_ref(), &layer, &desc.digest, request.sync_fs))
-            .await
-            .map_err(|e| ApplyError::Task(e.to_string()))??;
+        // tonic drops this future when the call is cancelled; the guard then stops the apply.
+        let cancel_on_drop = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let cancelled = cancel_on_drop.0.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || apply(host.as_ref(), &layer, &desc.digest, request.sync_fs, cancelled))
+                .await
+                .map_err(|e| ApplyError::Task(e.to_string()))??;
         tracing::info!(digest = %applied.digest, bytes = applied.size, ms = started.elapsed().as_millis(), "layer applied");
         let applied = Descriptor {
             media_type: APPLIED_MEDIA_TYPE.to_string(),
@@ -107,7 +120,38 @@ impl<H: Host> Diff for Differ<H> {
     }
 }
 
-fn apply<H: Host>(host: &H, layer: &str, digest: &str, sync: bool) -> Result<lcfs_unpack::Applied, ApplyError> {
+/// Sets its flag when dropped: when the Apply call's future goes away before the apply is done.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A blob that stops giving data once its apply is cancelled.
+struct CancellableBlob<R> {
+    inner: R,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for CancellableBlob<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancelled.load(Ordering::Acquire) {
+            // Not `Interrupted`, which readers retry.
+            return Err(io::Error::other("the apply was cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn apply<H: Host>(
+    host: &H,
+    layer: &str,
+    digest: &str,
+    sync: bool,
+    cancelled: Arc<AtomicBool>,
+) -> Result<lcfs_unpack::Applied, ApplyError> {
     let engine = host.engine();
     let info = match engine.layer(layer) {
         Ok(info) => info,
@@ -118,9 +162,13 @@ fn apply<H: Host>(host: &H, layer: &str, digest: &str, sync: bool) -> Result<lcf
         return Err(ApplyError::NotWritable(layer.to_string()));
     }
     let blob = host.open_blob(digest).map_err(|source| ApplyError::NoBlob { digest: digest.to_string(), source })?;
-    let result = lcfs_unpack::apply(engine, info.id, blob);
+    let result = lcfs_unpack::apply(engine, info.id, CancellableBlob { inner: blob, cancelled: cancelled.clone() });
     // The kernel may have cached the layer's empty root; whatever was applied, forget it.
     host.layers_changed(&[layer]);
+    if result.is_err() && cancelled.load(Ordering::Acquire) {
+        tracing::warn!(%digest, %layer, "apply cancelled; the snapshot keeps what was applied until it is removed");
+        return Err(ApplyError::Cancelled { digest: digest.to_string(), layer: layer.to_string() });
+    }
     let applied =
         result.map_err(|source| ApplyError::Unpack { digest: digest.to_string(), layer: layer.to_string(), source })?;
     if sync {

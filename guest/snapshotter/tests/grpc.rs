@@ -537,3 +537,72 @@ async fn diff_apply_unpacks_a_layer_into_an_active_snapshot() {
     assert_eq!(s.diff.diff(compare).await.expect_err("no diffs").code(), Code::Unimplemented);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_apply_stops_reading_its_layer() {
+    use lcfs_snapshotter::proto::diff::ApplyRequest;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempdir();
+    let mut s = Service::start(dir.path()).await;
+    let mounts = s.prepare("default/1/extract", "").await.expect("prepare");
+    // 64 files of 1 MiB, fed through a pipe so that the test decides how fast the layer comes.
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..64 {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(format!("f{i}")).expect("path");
+        h.set_mode(0o644);
+        h.set_size(1 << 20);
+        h.set_cksum();
+        builder.append(&h, &vec![i as u8; 1 << 20][..]).expect("append");
+    }
+    let tar = builder.into_inner().expect("tar");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pipe = s.host.blobs.join("ab".repeat(32));
+    let made = std::process::Command::new("mkfifo").arg(&pipe).status().expect("mkfifo");
+    assert!(made.success());
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let written = written.clone();
+        let total = tar.len();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(pipe)?;
+            for chunk in tar.chunks(64 << 10) {
+                pipe.write_all(chunk)?;
+                written.fetch_add(chunk.len() as u64, Ordering::Release);
+            }
+            assert_eq!(written.load(Ordering::Acquire), total as u64);
+            Ok(())
+        })
+    };
+    let desc = lcfs_snapshotter::proto::types::Descriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        digest,
+        size: 0,
+        annotations: HashMap::new(),
+    };
+    let request = ApplyRequest { diff: Some(desc), mounts: mounts.clone(), ..Default::default() };
+    let started = written.clone();
+    tokio::select! {
+        r = s.diff.apply(request) => panic!("the apply ended before it was cancelled: {r:?}"),
+        () = async move {
+            while started.load(Ordering::Acquire) < 4 << 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        } => {}
+    }
+    // Leaving the select dropped the call: the server stops reading, and the writer's pipe breaks.
+    let outcome =
+        tokio::time::timeout(std::time::Duration::from_secs(30), tokio::task::spawn_blocking(move || writer.join()))
+            .await
+            .expect("the writer finished")
+            .expect("join")
+            .expect("writer thread");
+    let err = outcome.expect_err("the apply stopped reading");
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
+    assert!(written.load(Ordering::Acquire) < 64 << 20);
+    // The snapshot goes as after any failed unpack, and the service still serves.
+    s.remove("default/1/extract").await.expect("remove");
+    assert!(s.names(&[]).await.is_empty());
+    s.stop().await;
+}
