@@ -34,24 +34,13 @@ HALTPOLL_NS=200000
 
 usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
-        --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
-        --tarball-dir) TARBALL_DIR=${2:?--tarball-dir needs a directory}; shift 2 ;;
-        --out) OUT=${2:?--out needs a file}; shift 2 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-done
-case "$RUNS" in '' | *[!0-9]* | 0) echo "--runs must be a positive number" >&2; exit 2 ;; esac
-[ "$(id -u)" -eq 0 ] || { echo "bench-fuse-wakeups.sh must run as root" >&2; exit 2; }
+# shellcheck source=lib/rootfs.sh
+. "$ROOT/scripts/lib/rootfs.sh"
+parse_bench_args bench-fuse-wakeups.sh "$@"
 [ "$(nproc)" -ge 2 ] || { echo "bench-fuse-wakeups.sh needs at least two CPUs" >&2; exit 2; }
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench-fuse-wakeups.sh: %s\n' "$*" >&2; exit 1; }
-# shellcheck source=lib/rootfs.sh
-. "$ROOT/scripts/lib/rootfs.sh"
 
 START=$SECONDS
 LCFS_PID=
@@ -105,7 +94,7 @@ unpack() {
 }
 
 run_config() {   # run config
-    local daemon_cpus=0-$(($(nproc) - 1)) tar_cpu= seconds
+    local daemon_cpus=0-$(($(nproc) - 1)) tar_cpu='' seconds
     case "$2" in
         same-cpu) daemon_cpus=0 tar_cpu=0 ;;
         cross-cpu) daemon_cpus=1 tar_cpu=0 ;;

@@ -42,23 +42,12 @@ IMAGE=lcfs.bench/debian:layers
 
 usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
-        --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
-        --tarball-dir) TARBALL_DIR=${2:?--tarball-dir needs a directory}; shift 2 ;;
-        --out) OUT=${2:?--out needs a file}; shift 2 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-done
-case "$RUNS" in '' | *[!0-9]* | 0) echo "--runs must be a positive number" >&2; exit 2 ;; esac
-[ "$(id -u)" -eq 0 ] || { echo "bench-snapshotter.sh must run as root" >&2; exit 2; }
+# shellcheck source=lib/rootfs.sh
+. "$ROOT/scripts/lib/rootfs.sh"
+parse_bench_args bench-snapshotter.sh "$@"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench-snapshotter.sh: %s\n' "$*" >&2; exit 1; }
-# shellcheck source=lib/rootfs.sh
-. "$ROOT/scripts/lib/rootfs.sh"
 
 for tool in containerd ctr runc python3; do
     command -v "$tool" >/dev/null || die "$tool is not installed (scripts/install-test-deps.sh installs containerd and runc)"

@@ -3,6 +3,26 @@
 # SUITE, INCLUDE (extra packages) and MIRROR (empty: the machine's own apt mirror);
 # build_tarball sets TARBALL and uses BOOTSTRAP_DIR for the cleanup of an interrupted build.
 
+# The options these benchmarks share: sets RUNS, DIR, TARBALL_DIR and OUT from the arguments
+# after the script's name, calls the script's usage function for --help and mistakes, and
+# refuses to run without root.
+parse_bench_args() {   # script-name args...
+    local name=$1
+    shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
+            --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
+            --tarball-dir) TARBALL_DIR=${2:?--tarball-dir needs a directory}; shift 2 ;;
+            --out) OUT=${2:?--out needs a file}; shift 2 ;;
+            -h | --help) usage; exit 0 ;;
+            *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+        esac
+    done
+    case "$RUNS" in '' | *[!0-9]* | 0) echo "--runs must be a positive number" >&2; exit 2 ;; esac
+    [ "$(id -u)" -eq 0 ] || { echo "$name must run as root" >&2; exit 2; }
+}
+
 # Unmounts everything at or below $1, deepest first.
 umount_below() {
     local m
