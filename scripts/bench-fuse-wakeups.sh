@@ -55,10 +55,7 @@ cleanup() {
     [ -n "$HALTPOLL_SAVED" ] && echo "$HALTPOLL_SAVED" >"$HALTPOLL"
     [ -n "$LCFS_PID" ] && kill -TERM "$LCFS_PID" 2>/dev/null && wait "$LCFS_PID"
     umount_below "$DIR"
-    if [ -n "$BOOTSTRAP_DIR" ]; then
-        umount_below "$BOOTSTRAP_DIR"
-        rm -rf --one-file-system "$BOOTSTRAP_DIR"
-    fi
+    remove_bootstrap_dir
 }
 trap cleanup EXIT
 
@@ -69,11 +66,7 @@ rm -rf --one-file-system "$DIR"
 mkdir -p "$DIR/lcfs/mnt"
 LCFSD=$ROOT/target/release/lcfsd
 REV=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)
-DIR_SAVED=$DIR
-DIR=$TARBALL_DIR
-mkdir -p "$DIR"
-build_tarball
-DIR=$DIR_SAVED
+build_tarball_in "$TARBALL_DIR"
 
 "$LCFSD" run --device "$DIR/lcfs/disk.img" --size 8G --mountpoint "$DIR/lcfs/mnt" \
     --api-socket "$DIR/lcfs/api.sock" 2>"$DIR/lcfs/lcfsd.log" &

@@ -93,10 +93,7 @@ cleanup() {
         umount_below "$m"
     done
     if [ -n "$FOVL_PID" ]; then wait "$FOVL_PID" 2>/dev/null; fi
-    if [ -n "$BOOTSTRAP_DIR" ]; then
-        umount_below "$BOOTSTRAP_DIR"
-        rm -rf --one-file-system "$BOOTSTRAP_DIR"
-    fi
+    remove_bootstrap_dir
     rm -rf --one-file-system "$DIR/overlayfs" "$DIR/fuse-overlayfs" "$DIR/lcfs"
     [ -z "$TARBALL" ] || rm -f "$TARBALL.partial"
     [ -z "$SHM" ] || rm -rf "$SHM"

@@ -65,10 +65,7 @@ cleanup() {
     [ -n "$CTD_PID" ] && kill -TERM "$CTD_PID" 2>/dev/null && wait "$CTD_PID"
     [ -n "$LCFS_PID" ] && kill -TERM "$LCFS_PID" 2>/dev/null && wait "$LCFS_PID"
     umount_below "$DIR"
-    if [ -n "$BOOTSTRAP_DIR" ]; then
-        umount_below "$BOOTSTRAP_DIR"
-        rm -rf --one-file-system "$BOOTSTRAP_DIR"
-    fi
+    remove_bootstrap_dir
 }
 trap cleanup EXIT
 
@@ -94,11 +91,7 @@ LCFSD=$DIR/bin/lcfsd
 SNAPBENCH=$DIR/bin/lcfs-snapshotter-bench
 REV=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)
 
-DIR_SAVED=$DIR
-DIR=$TARBALL_DIR
-mkdir -p "$DIR"
-build_tarball
-DIR=$DIR_SAVED
+build_tarball_in "$TARBALL_DIR"
 
 # Three layers from one tree: everything but /usr/lib and /usr/share, then each of those.
 log "making the 3-layer image from $TARBALL"

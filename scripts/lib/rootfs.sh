@@ -23,6 +23,21 @@ parse_bench_args() {   # script-name args...
     [ "$(id -u)" -eq 0 ] || { echo "$name must run as root" >&2; exit 2; }
 }
 
+# Builds (or finds) the tarball in the cache directory $1 instead of $DIR.
+build_tarball_in() {   # cache-dir
+    local DIR=$1
+    mkdir -p "$DIR"
+    build_tarball
+}
+
+# Removes what an interrupted build_tarball left; for the sourcing script's exit trap.
+remove_bootstrap_dir() {
+    if [ -n "${BOOTSTRAP_DIR:-}" ]; then
+        umount_below "$BOOTSTRAP_DIR"
+        rm -rf --one-file-system "$BOOTSTRAP_DIR"
+    fi
+}
+
 # Unmounts everything at or below $1, deepest first.
 umount_below() {
     local m
