@@ -71,6 +71,7 @@ die() { printf 'bench-fuse.sh: %s\n' "$*" >&2; exit 1; }
 # State and cleanup
 
 LCFSD=   # a private copy of the lcfsd under test, in WORK
+LCFS_TRANSPORT=   # how requests reached lcfsd in the last run (its log says)
 REV=
 REV_NOTE=
 TARBALL=
@@ -283,6 +284,11 @@ lcfs_down() {
         tail -20 "$WORK/fsck-run$RUN.log" >&2
     fi
     record "$RUN" lcfs device_used_mib "$(du -m "$b/disk.img" | cut -f1)"
+    if grep -q 'FUSE requests arrive over io_uring' "$WORK/lcfsd-run$RUN.log"; then
+        LCFS_TRANSPORT="io_uring (one queue per CPU)"
+    else
+        LCFS_TRANSPORT="/dev/fuse"
+    fi
     rm -rf --one-file-system "$b"
 }
 
@@ -601,7 +607,8 @@ All three keep their backing storage in \`$DIR\`, on the same file system, and s
 for every run.
 
 * **lcfs**: \`lcfsd run --device $DIR/lcfs/disk.img --size $LCFS_SIZE --mountpoint … --api-socket … ${LCFSD_RUN_ARGS:-}\`
-  (defaults: four FUSE threads per CPU, 4 to 32; writeback cache on; checkpoint every 5 s) on a fresh
+  (defaults: four FUSE threads per CPU, 4 to 32; writeback cache on; FUSE over io_uring where
+  the kernel offers it; checkpoint every 5 s; requests in these runs came over ${LCFS_TRANSPORT:-an unknown transport}) on a fresh
   sparse device file, and one writable layer from \`lcfsd layer create bench\`; the workload
   runs in \`<mountpoint>/bench\`. Taken down with SIGTERM, waiting for the daemon to exit.
 * **overlayfs** (kernel): \`mount -t overlay overlay -o lowerdir=L,upperdir=U,workdir=W MNT\`

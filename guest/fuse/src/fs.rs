@@ -1,5 +1,6 @@
-//! The FUSE request handlers: each request is decoded, handed to the engine, and answered
-//! exactly once.
+//! The file system's operations, one per FUSE request, free of any transport: the requests
+//! fuser reads from `/dev/fuse` (`dev_fuse`) and those the kernel hands over io_uring
+//! (`uring`) are decoded there and land here.
 //!
 //! The mount root lists one directory per layer (`<mountpoint>/<layer name>`); below it each
 //! request names a (layer, inode) pair through its FUSE number (see `inode`). Permission checks
@@ -7,48 +8,54 @@
 //! layers and views are read-only, that a link or rename cannot cross layers, who owns a new
 //! file in a set-group-id directory — is checked here.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::Path;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
+use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo};
 use lcfs_engine::{
-    Attr, Engine, FallocateMode, FileKind, Ino, LayerId, LayerKind, NewNode, ROOT_INO, SetAttr, SetTime, Timestamp,
-    XattrMode,
+    Attr, Engine, FallocateMode, FileKind, Ino, LayerId, LayerKind, NewNode, ROOT_INO, SetAttr, StatFs, XattrMode,
 };
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::acl;
 use crate::attr::{FILE_TTL, ROOT_TTL, errno, file_attr, file_type, mount_root_attr, negative_entry};
 use crate::inode::Node;
 
-/// Generation of every inode: numbers are never reused (layer ids and inode numbers only
-/// grow), so one generation is enough.
-const GENERATION: Generation = Generation(0);
 /// How files are opened: layer files change only through this mount, so the page cache stays
 /// valid across opens (`KEEP_CACHE`); nothing is buffered here, so `close` need not wait for a
 /// `FLUSH` round trip (`NOFLUSH`).
-const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+pub(crate) const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 
 /// Largest read or write the kernel may send in one request.
 pub(crate) const MAX_IO: u32 = 1 << 20;
 
+/// The answer to most requests: a result or the errno the kernel gets.
+pub(crate) type Reply<T> = Result<T, Errno>;
+
+/// Who made a request (from the request's header).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caller {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// A name's attributes and how long the kernel may keep them (and the name).
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) ttl: Duration,
+    pub(crate) attr: FileAttr,
+}
+
 /// An entry of a directory snapshot.
 #[derive(Debug)]
-struct DirItem {
-    ino: INodeNo,
-    kind: FileType,
-    name: OsString,
+pub(crate) struct DirItem {
+    pub(crate) ino: INodeNo,
+    pub(crate) kind: FileType,
+    pub(crate) name: OsString,
 }
 
 /// What an open file handle refers to.
@@ -62,6 +69,42 @@ enum Handle {
     Dir {
         items: Vec<DirItem>,
     },
+}
+
+/// A directory listing opened by `opendir`. Offsets are positions in the snapshot: the entry
+/// at index `i` is followed by offset `i + 1`.
+#[derive(Debug)]
+pub(crate) struct Listing(Arc<Handle>);
+
+impl Listing {
+    /// The entries from `offset` on, each with the offset that follows it.
+    pub(crate) fn entries_after(&self, offset: u64) -> impl Iterator<Item = (u64, &DirItem)> {
+        let items: &[DirItem] = match &*self.0 {
+            Handle::Dir { items } => items,
+            Handle::File { .. } => &[],
+        };
+        items.iter().enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)).map(|(i, d)| (i as u64 + 1, d))
+    }
+}
+
+/// The answer to `getxattr` and `listxattr`: the kernel asks for the size first (buffer size 0).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum XattrAnswer {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+impl XattrAnswer {
+    /// `data` for a caller whose buffer holds `size` bytes (0: it asks only for the size).
+    fn for_buffer(size: u32, data: Vec<u8>) -> Reply<XattrAnswer> {
+        if size == 0 {
+            Ok(XattrAnswer::Size(u32::try_from(data.len()).map_err(|_| Errno::E2BIG)?))
+        } else if data.len() > size as usize {
+            Err(Errno::ERANGE)
+        } else {
+            Ok(XattrAnswer::Data(data))
+        }
+    }
 }
 
 /// Open handles.
@@ -87,12 +130,6 @@ impl Handles {
     }
 }
 
-thread_local! {
-    /// Read buffer reused by each request thread (a fresh 1 MiB buffer per read costs page
-    /// faults).
-    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// The file system the kernel talks to; see the module documentation.
 #[derive(Debug)]
 pub struct LcfsFs {
@@ -102,21 +139,8 @@ pub struct LcfsFs {
     writeback_cache: bool,
 }
 
-type Reply<T> = Result<T, Errno>;
-
-fn bytes(name: &OsStr) -> &[u8] {
-    name.as_bytes()
-}
-
-fn timestamp(t: SystemTime) -> Timestamp {
-    Timestamp::from(t)
-}
-
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(timestamp(t)),
-    }
+fn engine_errno(e: lcfs_engine::Error) -> Errno {
+    errno(&e)
 }
 
 impl LcfsFs {
@@ -125,6 +149,11 @@ impl LcfsFs {
     /// do.
     pub fn new(engine: Engine, writeback_cache: bool) -> LcfsFs {
         LcfsFs { engine, handles: Handles::default(), mounted_at: SystemTime::now(), writeback_cache }
+    }
+
+    /// Whether the kernel keeps written data and times in its cache (FUSE writeback cache).
+    pub(crate) fn writeback_cache(&self) -> bool {
+        self.writeback_cache
     }
 
     fn node(&self, ino: INodeNo) -> Reply<Node> {
@@ -147,32 +176,8 @@ impl LcfsFs {
         Ok(file_attr(self.encode(layer, a.ino)?, a))
     }
 
-    fn getattr_of(&self, node: Node) -> Reply<(Duration, FileAttr)> {
-        match node {
-            Node::MountRoot => {
-                let layers = self.engine.layers().map_err(|e| errno(&e))?.len();
-                Ok((ROOT_TTL, mount_root_attr(layers, self.mounted_at)))
-            }
-            Node::File(layer, ino) => {
-                let a = self.engine.getattr(layer, ino).map_err(|e| errno(&e))?;
-                Ok((FILE_TTL, self.attr_of(layer, &a)?))
-            }
-        }
-    }
-
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Reply<(Duration, FileAttr)> {
-        match self.node(parent)? {
-            Node::MountRoot => {
-                let name = name.to_str().ok_or(Errno::ENOENT)?;
-                let layer = self.engine.layer(name).map_err(|e| errno(&e))?;
-                let a = self.engine.getattr(layer.id, ROOT_INO).map_err(|e| errno(&e))?;
-                Ok((ROOT_TTL, self.attr_of(layer.id, &a)?))
-            }
-            Node::File(layer, dir) => {
-                let a = self.engine.lookup(layer, dir, bytes(name)).map_err(|e| errno(&e))?;
-                Ok((FILE_TTL, self.attr_of(layer, &a)?))
-            }
-        }
+    fn writable(&self, layer: LayerId) -> Reply<bool> {
+        Ok(self.engine.layer_by_id(layer).map_err(engine_errno)?.kind == LayerKind::Writable)
     }
 
     /// Who owns a new file, its permission bits and its ACL, as Linux decides for local file
@@ -181,19 +186,19 @@ impl LcfsFs {
     /// narrowed by the directory's default ACL if it has one, by the umask otherwise.
     fn new_node(
         &self,
-        req: &Request,
+        caller: Caller,
         layer: LayerId,
         parent: Ino,
         kind: FileKind,
         mode: u32,
         umask: u32,
     ) -> Reply<NewNode> {
-        let dir = self.engine.getattr(layer, parent).map_err(|e| errno(&e))?;
+        let dir = self.engine.getattr(layer, parent).map_err(engine_errno)?;
         let mut node = NewNode {
             kind,
             perm: (mode & 0o7777 & !umask) as u16,
-            uid: req.uid(),
-            gid: req.gid(),
+            uid: caller.uid,
+            gid: caller.gid,
             ..NewNode::file(0, 0, 0)
         };
         if u32::from(dir.perm) & libc::S_ISGID != 0 {
@@ -216,64 +221,233 @@ impl LcfsFs {
         }
         if kind != FileKind::Directory
             && u32::from(node.perm) & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
-            && node.gid != req.gid()
-            && req.uid() != 0
+            && node.gid != caller.gid
+            && caller.uid != 0
         {
             node.perm &= !(libc::S_ISGID as u16);
         }
         Ok(node)
     }
 
-    fn make(&self, parent: INodeNo, name: &OsStr, node: &NewNode) -> Reply<FileAttr> {
-        let (layer, dir) = self.file(parent, Errno::EPERM)?;
-        let a = self.engine.create(layer, dir, bytes(name), node).map_err(|e| errno(&e))?;
+    fn make(&self, layer: LayerId, dir: Ino, name: &[u8], node: &NewNode) -> Reply<FileAttr> {
+        let a = self.engine.create(layer, dir, name, node).map_err(engine_errno)?;
         self.attr_of(layer, &a)
     }
 
-    fn writable(&self, layer: LayerId) -> Reply<bool> {
-        Ok(self.engine.layer_by_id(layer).map_err(|e| errno(&e))?.kind == LayerKind::Writable)
-    }
-
-    /// Changes attributes, dropping privileges as Linux does: a change of owner drops file
-    /// capabilities and the set-id bits of non-directories; a truncation drops capabilities, and
-    /// the set-id bits too unless root truncates.
-    fn do_setattr(&self, req: &Request, ino: INodeNo, set: &SetAttr) -> Reply<FileAttr> {
-        let (layer, ino) = self.file(ino, Errno::EPERM)?;
-        let mut a = self.engine.setattr(layer, ino, set).map_err(|e| errno(&e))?;
-        let chown = (set.uid.is_some() || set.gid.is_some()) && set.perm.is_none();
-        if chown || set.size.is_some() {
-            let setid = chown || req.uid() != 0;
-            self.engine.drop_privileges(layer, ino, setid).map_err(|e| errno(&e))?;
-            a = self.engine.getattr(layer, ino).map_err(|e| errno(&e))?;
+    /// `LOOKUP`. A name missing in a layer stays missing until a change through this mount
+    /// adds it (which the kernel sees), so the miss is answered as a negative entry (inode 0)
+    /// the kernel may remember. Layer names at the mount root change through the API instead,
+    /// so a missing layer is `ENOENT`.
+    pub(crate) fn lookup(&self, parent: INodeNo, name: &[u8]) -> Reply<Entry> {
+        let found = match self.node(parent)? {
+            Node::MountRoot => {
+                let name = std::str::from_utf8(name).map_err(|_| Errno::ENOENT)?;
+                let layer = self.engine.layer(name).map_err(engine_errno)?;
+                let a = self.engine.getattr(layer.id, ROOT_INO).map_err(engine_errno)?;
+                return Ok(Entry { ttl: ROOT_TTL, attr: self.attr_of(layer.id, &a)? });
+            }
+            Node::File(layer, dir) => self.engine.lookup(layer, dir, name).map(|a| (layer, a)),
+        };
+        match found {
+            Ok((layer, a)) => Ok(Entry { ttl: FILE_TTL, attr: self.attr_of(layer, &a)? }),
+            Err(e) if errno(&e) == Errno::ENOENT => Ok(Entry { ttl: FILE_TTL, attr: negative_entry() }),
+            Err(e) => Err(errno(&e)),
         }
+    }
+
+    /// `GETATTR`.
+    pub(crate) fn getattr(&self, ino: INodeNo) -> Reply<Entry> {
+        match self.node(ino)? {
+            Node::MountRoot => {
+                let layers = self.engine.layers().map_err(engine_errno)?.len();
+                Ok(Entry { ttl: ROOT_TTL, attr: mount_root_attr(layers, self.mounted_at) })
+            }
+            Node::File(layer, ino) => {
+                let a = self.engine.getattr(layer, ino).map_err(engine_errno)?;
+                Ok(Entry { ttl: FILE_TTL, attr: self.attr_of(layer, &a)? })
+            }
+        }
+    }
+
+    /// `SETATTR`: changes attributes, dropping privileges as Linux does: a change of owner drops
+    /// file capabilities and the set-id bits of non-directories; a truncation drops
+    /// capabilities, and the set-id bits too unless root truncates.
+    pub(crate) fn setattr(&self, caller: Caller, ino: INodeNo, set: &SetAttr) -> Reply<Entry> {
+        let changed = self.file(ino, Errno::EPERM).and_then(|(layer, ino)| {
+            let mut a = self.engine.setattr(layer, ino, set).map_err(engine_errno)?;
+            let chown = (set.uid.is_some() || set.gid.is_some()) && set.perm.is_none();
+            if chown || set.size.is_some() {
+                let setid = chown || caller.uid != 0;
+                self.engine.drop_privileges(layer, ino, setid).map_err(engine_errno)?;
+                a = self.engine.getattr(layer, ino).map_err(engine_errno)?;
+            }
+            self.attr_of(layer, &a)
+        });
+        match changed {
+            Ok(attr) => Ok(Entry { ttl: FILE_TTL, attr }),
+            // With the writeback cache the kernel keeps a regular file's times itself and
+            // sends them later, also for a file that was deleted in between (unlink marks the
+            // inode's ctime dirty). Refusing would surface as a write-back error of the whole
+            // mount at the next syncfs; the times of a file that is gone do not matter.
+            Err(e) if e == Errno::ESTALE && self.writeback_cache && set.times_only() => {
+                Ok(Entry { ttl: Duration::ZERO, attr: crate::attr::deleted_file(ino) })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `READLINK`.
+    pub(crate) fn readlink(&self, ino: INodeNo) -> Reply<Vec<u8>> {
+        let (layer, ino) = self.file(ino, Errno::EINVAL)?;
+        self.engine.read_link(layer, ino).map_err(engine_errno)
+    }
+
+    /// `MKNOD`: regular files, devices, FIFOs and sockets.
+    pub(crate) fn mknod(
+        &self,
+        caller: Caller,
+        parent: INodeNo,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Reply<FileAttr> {
+        let kind = if mode & libc::S_IFMT == 0 {
+            FileKind::Regular
+        } else {
+            FileKind::from_mode(mode).ok_or(Errno::EINVAL)?
+        };
+        if kind == FileKind::Directory || kind == FileKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        let mut node = self.new_node(caller, layer, dir, kind, mode, umask)?;
+        node.rdev = u64::from(rdev);
+        self.make(layer, dir, name, &node)
+    }
+
+    /// `MKDIR`.
+    pub(crate) fn mkdir(&self, caller: Caller, parent: INodeNo, name: &[u8], mode: u32, umask: u32) -> Reply<FileAttr> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        let node = self.new_node(caller, layer, dir, FileKind::Directory, mode, umask)?;
+        self.make(layer, dir, name, &node)
+    }
+
+    /// `UNLINK`.
+    pub(crate) fn unlink(&self, parent: INodeNo, name: &[u8]) -> Reply<()> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        self.engine.unlink(layer, dir, name).map_err(engine_errno)
+    }
+
+    /// `RMDIR`.
+    pub(crate) fn rmdir(&self, parent: INodeNo, name: &[u8]) -> Reply<()> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        self.engine.rmdir(layer, dir, name).map_err(engine_errno)
+    }
+
+    /// `SYMLINK`.
+    pub(crate) fn symlink(&self, caller: Caller, parent: INodeNo, name: &[u8], target: &[u8]) -> Reply<FileAttr> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        let mut node = self.new_node(caller, layer, dir, FileKind::Symlink, 0o777, 0)?;
+        node.perm = 0o777;
+        node.target = target.to_vec();
+        self.make(layer, dir, name, &node)
+    }
+
+    /// `RENAME` and `RENAME2`; `flags` are renameat2's.
+    pub(crate) fn rename(
+        &self,
+        parent: INodeNo,
+        name: &[u8],
+        new_parent: INodeNo,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Reply<()> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        let (new_layer, new_dir) = self.file(new_parent, Errno::EPERM)?;
+        if layer != new_layer {
+            return Err(Errno::EXDEV);
+        }
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            // RENAME_WHITEOUT is overlayfs's; nothing here stacks on lcfs.
+            return Err(Errno::EINVAL);
+        }
+        let flags = lcfs_engine::RenameFlags {
+            no_replace: flags & libc::RENAME_NOREPLACE != 0,
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
+        };
+        self.engine.rename(layer, dir, name, new_dir, new_name, flags).map_err(engine_errno)
+    }
+
+    /// `LINK`.
+    pub(crate) fn link(&self, ino: INodeNo, new_parent: INodeNo, new_name: &[u8]) -> Reply<FileAttr> {
+        let (layer, ino) = self.file(ino, Errno::EPERM)?;
+        let (new_layer, dir) = self.file(new_parent, Errno::EPERM)?;
+        if layer != new_layer {
+            return Err(Errno::EXDEV);
+        }
+        let a = self.engine.link(layer, ino, dir, new_name).map_err(engine_errno)?;
         self.attr_of(layer, &a)
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Reply<FileHandle> {
+    /// `OPEN`; `flags` are open(2)'s. The handle opens with [`OPEN_FLAGS`].
+    pub(crate) fn open(&self, ino: INodeNo, flags: i32) -> Reply<FileHandle> {
         let (layer, ino) = self.file(ino, Errno::EISDIR)?;
-        let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes && !self.writable(layer)? {
             return Err(Errno::EROFS);
         }
-        self.engine.open_file(layer, ino).map_err(|e| errno(&e))?;
+        self.engine.open_file(layer, ino).map_err(engine_errno)?;
         Ok(self.handles.insert(Handle::File { layer, ino }))
     }
 
-    fn do_opendir(&self, ino: INodeNo) -> Reply<FileHandle> {
+    /// `READ` into `buf`; returns how many bytes were read (short only at the end of the file).
+    pub(crate) fn read(&self, ino: INodeNo, offset: u64, buf: &mut [u8]) -> Reply<usize> {
+        let (layer, ino) = self.file(ino, Errno::EISDIR)?;
+        self.engine.read_into(layer, ino, offset, buf).map_err(engine_errno)
+    }
+
+    /// `WRITE`. The kernel flags writers without `CAP_FSETID` (`kill_suidgid`); file
+    /// capabilities go on any write.
+    pub(crate) fn write(&self, ino: INodeNo, offset: u64, data: &[u8], kill_suidgid: bool) -> Reply<u32> {
+        let (layer, ino) = self.file(ino, Errno::EISDIR)?;
+        let n = self.engine.write(layer, ino, offset, data).map_err(engine_errno)?;
+        self.engine.drop_privileges(layer, ino, kill_suidgid).map_err(engine_errno)?;
+        Ok(n as u32)
+    }
+
+    /// `RELEASE` and `RELEASEDIR`: forgets the handle. Never fails: the kernel does not wait.
+    pub(crate) fn release(&self, fh: FileHandle) {
+        if let Some(h) = self.handles.remove(fh)
+            && let Handle::File { layer, ino } = *h
+            && let Err(e) = self.engine.release_file(layer, ino)
+        {
+            warn!(layer = %layer, ino = %ino, error = %e, "releasing a file failed");
+        }
+    }
+
+    /// `FSYNC` and `FSYNCDIR`: makes the file's layer durable.
+    pub(crate) fn fsync(&self, ino: INodeNo) -> Reply<()> {
+        let (layer, _) = self.file(ino, Errno::EINVAL)?;
+        self.engine.sync_layer(layer).map_err(engine_errno)
+    }
+
+    /// `OPENDIR`: takes a snapshot of the directory, so offsets stay stable.
+    pub(crate) fn opendir(&self, ino: INodeNo) -> Reply<FileHandle> {
         let mut items = Vec::new();
         let dot = |name: &str, ino| DirItem { ino, kind: FileType::Directory, name: OsString::from(name) };
         match self.node(ino)? {
             Node::MountRoot => {
                 items.push(dot(".", INodeNo::ROOT));
                 items.push(dot("..", INodeNo::ROOT));
-                for layer in self.engine.layers().map_err(|e| errno(&e))? {
+                for layer in self.engine.layers().map_err(engine_errno)? {
                     if let Some(root) = Node::layer_root(layer.id) {
                         items.push(DirItem { ino: root, kind: FileType::Directory, name: layer.name.into() });
                     }
                 }
             }
             Node::File(layer, dir) => {
-                let entries = self.engine.read_dir(layer, dir, None, usize::MAX).map_err(|e| errno(&e))?;
+                let entries = self.engine.read_dir(layer, dir, None, usize::MAX).map_err(engine_errno)?;
                 items.reserve(entries.len() + 2);
                 items.push(dot(".", ino));
                 items.push(dot("..", if dir == ROOT_INO { INodeNo::ROOT } else { ino }));
@@ -289,24 +463,117 @@ impl LcfsFs {
         Ok(self.handles.insert(Handle::Dir { items }))
     }
 
-    fn dir_items(&self, fh: FileHandle) -> Reply<Arc<Handle>> {
+    /// The listing `opendir` took for `fh` (`READDIR`, `READDIRPLUS`).
+    pub(crate) fn listing(&self, fh: FileHandle) -> Reply<Listing> {
         match self.handles.get(fh) {
-            Some(h) if matches!(*h, Handle::Dir { .. }) => Ok(h),
+            Some(h) if matches!(*h, Handle::Dir { .. }) => Ok(Listing(h)),
             _ => Err(Errno::EBADF),
         }
     }
 
-    fn xattr_reply(size: u32, data: &[u8], reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(data.len() as u32);
-        } else if data.len() > size as usize {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(data);
+    /// `STATFS`.
+    pub(crate) fn statfs(&self) -> Reply<StatFs> {
+        self.engine.statfs().map_err(engine_errno)
+    }
+
+    /// `SETXATTR`; `flags` are setxattr(2)'s.
+    pub(crate) fn setxattr(&self, ino: INodeNo, name: &[u8], value: &[u8], flags: i32, position: u32) -> Reply<()> {
+        let (layer, ino) = self.file(ino, Errno::EPERM)?;
+        if position != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if (name == acl::ACCESS || name == acl::DEFAULT) && !acl::is_valid(value) {
+            return Err(Errno::EINVAL);
+        }
+        let mode = match flags {
+            0 => XattrMode::Upsert,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return Err(Errno::EINVAL),
+        };
+        self.engine.set_xattr(layer, ino, name, value, mode).map_err(engine_errno)
+    }
+
+    /// `GETXATTR` for a caller whose buffer holds `size` bytes.
+    pub(crate) fn getxattr(&self, ino: INodeNo, name: &[u8], size: u32) -> Reply<XattrAnswer> {
+        let (layer, ino) = self.file(ino, Errno::ENODATA)?;
+        XattrAnswer::for_buffer(size, self.engine.get_xattr(layer, ino, name).map_err(engine_errno)?)
+    }
+
+    /// `LISTXATTR` for a caller whose buffer holds `size` bytes: names, each ended by a NUL.
+    pub(crate) fn listxattr(&self, ino: INodeNo, size: u32) -> Reply<XattrAnswer> {
+        let names = match self.node(ino)? {
+            Node::MountRoot => Vec::new(),
+            Node::File(layer, ino) => self.engine.list_xattr(layer, ino).map_err(engine_errno)?,
+        };
+        let mut list = Vec::new();
+        for n in names {
+            list.extend_from_slice(&n);
+            list.push(0);
+        }
+        XattrAnswer::for_buffer(size, list)
+    }
+
+    /// `REMOVEXATTR`.
+    pub(crate) fn removexattr(&self, ino: INodeNo, name: &[u8]) -> Reply<()> {
+        let (layer, ino) = self.file(ino, Errno::EPERM)?;
+        self.engine.remove_xattr(layer, ino, name).map_err(engine_errno)
+    }
+
+    /// `ACCESS`: mode bits are the kernel's to check; what it cannot know is which layers are
+    /// read-only.
+    pub(crate) fn access(&self, ino: INodeNo, mask: i32) -> Reply<()> {
+        let wants_write = mask & libc::W_OK != 0;
+        match self.node(ino)? {
+            Node::File(layer, ino) if wants_write => {
+                self.engine.getattr(layer, ino).map_err(engine_errno)?;
+                if self.writable(layer)? { Ok(()) } else { Err(Errno::EROFS) }
+            }
+            Node::MountRoot if wants_write => Err(Errno::EROFS),
+            _ => Ok(()),
         }
     }
 
-    fn copy_range(&self, from: (INodeNo, u64), to: (INodeNo, u64), len: u64, setid: bool) -> Reply<u32> {
+    /// `CREATE`: makes a regular file and opens it.
+    pub(crate) fn create(
+        &self,
+        caller: Caller,
+        parent: INodeNo,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Reply<(FileAttr, FileHandle)> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        let node = self.new_node(caller, layer, dir, FileKind::Regular, mode, umask)?;
+        let attr = self.make(layer, dir, name, &node)?;
+        let fh = self.open(attr.ino, flags)?;
+        Ok((attr, fh))
+    }
+
+    /// `FALLOCATE`; `mode` is fallocate(2)'s. The kernel does not say whether the caller holds
+    /// `CAP_FSETID` here, so set-id bits go for every caller but root.
+    pub(crate) fn fallocate(&self, caller: Caller, ino: INodeNo, offset: u64, length: u64, mode: i32) -> Reply<()> {
+        let (layer, ino) = self.file(ino, Errno::EISDIR)?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let mode = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => FallocateMode::Allocate { keep_size },
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => FallocateMode::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => FallocateMode::ZeroRange { keep_size },
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        self.engine.fallocate(layer, ino, offset, length, mode).map_err(engine_errno)?;
+        self.engine.drop_privileges(layer, ino, caller.uid != 0).map_err(engine_errno)
+    }
+
+    /// `COPY_FILE_RANGE`: copies up to `len` bytes from `(file, offset)` to `(file, offset)`.
+    pub(crate) fn copy_file_range(
+        &self,
+        caller: Caller,
+        from: (INodeNo, u64),
+        to: (INodeNo, u64),
+        len: u64,
+    ) -> Reply<u32> {
         let (src_layer, src) = self.file(from.0, Errno::EISDIR)?;
         let (dst_layer, dst) = self.file(to.0, Errno::EISDIR)?;
         let len = len.min(u64::from(u32::MAX));
@@ -314,550 +581,26 @@ impl LcfsFs {
         let mut done = 0u64;
         while done < len {
             let want = (len - done).min(buf.len() as u64) as usize;
-            let n = self.engine.read_into(src_layer, src, from.1 + done, &mut buf[..want]).map_err(|e| errno(&e))?;
+            let n = self.engine.read_into(src_layer, src, from.1 + done, &mut buf[..want]).map_err(engine_errno)?;
             if n == 0 {
                 break;
             }
-            self.engine.write(dst_layer, dst, to.1 + done, &buf[..n]).map_err(|e| errno(&e))?;
+            self.engine.write(dst_layer, dst, to.1 + done, &buf[..n]).map_err(engine_errno)?;
             done += n as u64;
         }
-        self.engine.drop_privileges(dst_layer, dst, setid).map_err(|e| errno(&e))?;
+        self.engine.drop_privileges(dst_layer, dst, caller.uid != 0).map_err(engine_errno)?;
         Ok(done as u32)
     }
 }
 
-impl Filesystem for LcfsFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_ASYNC_DIO,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_BIG_WRITES,
-            InitFlags::FUSE_ASYNC_READ,
-            // The kernel enforces ACLs kept in system.posix_acl_* xattrs.
-            InitFlags::FUSE_POSIX_ACL,
-            // Privileges are dropped here on modification (see `drop_privileges`), which lets
-            // the kernel mark inodes as having no security xattrs to check instead of asking
-            // for security.capability before every write.
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        ];
-        let writeback = self.writeback_cache.then_some(InitFlags::FUSE_WRITEBACK_CACHE);
-        for flag in wanted.into_iter().chain(writeback) {
-            if let Err(missing) = config.add_capabilities(flag) {
-                debug!(?missing, "the kernel lacks a FUSE capability");
-            }
-        }
-        if let Err(nearest) = config.set_max_write(MAX_IO) {
-            let _ = config.set_max_write(nearest);
-        }
-        if let Err(nearest) = config.set_max_readahead(MAX_IO) {
-            let _ = config.set_max_readahead(nearest);
-        }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
-        Ok(())
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent, name) {
-            Ok((ttl, attr)) => reply.entry(&ttl, &attr, GENERATION),
-            // A name missing in a layer stays missing until a change through this mount adds
-            // it (which the kernel sees), so the kernel may remember the miss: inode 0 is a
-            // negative entry. Layer names at the mount root change through the API instead.
-            Err(e) if e == Errno::ENOENT && parent != INodeNo::ROOT => {
-                reply.entry(&FILE_TTL, &negative_entry(), GENERATION)
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino).and_then(|n| self.getattr_of(n)) {
-            Ok((ttl, attr)) => reply.attr(&ttl, &attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let set = SetAttr {
-            perm: mode.map(|m| (m & 0o7777) as u16),
-            uid,
-            gid,
-            size,
-            atime: atime.map(set_time),
-            mtime: mtime.map(set_time),
-            ctime: ctime.map(timestamp),
-        };
-        match self.do_setattr(req, ino, &set) {
-            Ok(attr) => reply.attr(&FILE_TTL, &attr),
-            // With the writeback cache the kernel keeps a regular file's times itself and
-            // sends them later, also for a file that was deleted in between (unlink marks the
-            // inode's ctime dirty). Refusing would surface as a write-back error of the whole
-            // mount at the next syncfs; the times of a file that is gone do not matter.
-            Err(e) if e == Errno::ESTALE && self.writeback_cache && set.times_only() => {
-                reply.attr(&Duration::ZERO, &crate::attr::deleted_file(ino))
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.file(ino, Errno::EINVAL).and_then(|(l, i)| self.engine.read_link(l, i).map_err(|e| errno(&e))) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let r = (|| {
-            let kind = if mode & libc::S_IFMT == 0 {
-                FileKind::Regular
-            } else {
-                FileKind::from_mode(mode).ok_or(Errno::EINVAL)?
-            };
-            if kind == FileKind::Directory || kind == FileKind::Symlink {
-                return Err(Errno::EINVAL);
-            }
-            let (layer, dir) = self.file(parent, Errno::EPERM)?;
-            let mut node = self.new_node(req, layer, dir, kind, mode, umask)?;
-            node.rdev = u64::from(rdev);
-            self.make(parent, name, &node)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&FILE_TTL, &attr, GENERATION),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = (|| {
-            let (layer, dir) = self.file(parent, Errno::EPERM)?;
-            let node = self.new_node(req, layer, dir, FileKind::Directory, mode, umask)?;
-            self.make(parent, name, &node)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&FILE_TTL, &attr, GENERATION),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .file(parent, Errno::EPERM)
-            .and_then(|(l, d)| self.engine.unlink(l, d, bytes(name)).map_err(|e| errno(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .file(parent, Errno::EPERM)
-            .and_then(|(l, d)| self.engine.rmdir(l, d, bytes(name)).map_err(|e| errno(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = (|| {
-            let (layer, dir) = self.file(parent, Errno::EPERM)?;
-            let mut node = self.new_node(req, layer, dir, FileKind::Symlink, 0o777, 0)?;
-            node.perm = 0o777;
-            node.target = target.as_os_str().as_bytes().to_vec();
-            self.make(parent, link_name, &node)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&FILE_TTL, &attr, GENERATION),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        let r = (|| {
-            let (layer, dir) = self.file(parent, Errno::EPERM)?;
-            let (new_layer, new_dir) = self.file(newparent, Errno::EPERM)?;
-            if layer != new_layer {
-                return Err(Errno::EXDEV);
-            }
-            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-                return Err(Errno::EINVAL);
-            }
-            let flags = lcfs_engine::RenameFlags {
-                no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
-                exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
-            };
-            self.engine.rename(layer, dir, bytes(name), new_dir, bytes(newname), flags).map_err(|e| errno(&e))
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = (|| {
-            let (layer, ino) = self.file(ino, Errno::EPERM)?;
-            let (new_layer, dir) = self.file(newparent, Errno::EPERM)?;
-            if layer != new_layer {
-                return Err(Errno::EXDEV);
-            }
-            let a = self.engine.link(layer, ino, dir, bytes(newname)).map_err(|e| errno(&e))?;
-            self.attr_of(layer, &a)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&FILE_TTL, &attr, GENERATION),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags) {
-            // Layer files change only through this mount, so the page cache stays valid
-            // across opens.
-            Ok(fh) => reply.opened(fh, OPEN_FLAGS),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let (layer, ino) = match self.file(ino, Errno::EISDIR) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        READ_BUFFER.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let size = size.min(MAX_IO) as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            match self.engine.read_into(layer, ino, offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let r = self.file(ino, Errno::EISDIR).and_then(|(l, i)| {
-            let n = self.engine.write(l, i, offset, data).map_err(|e| errno(&e))?;
-            // The kernel flags writers without CAP_FSETID; capabilities go on any write.
-            let setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-            self.engine.drop_privileges(l, i, setid).map_err(|e| errno(&e))?;
-            Ok(n)
-        });
-        match r {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing is buffered here; ENOSYS tells the kernel never to send FLUSH again.
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        if let Some(h) = self.handles.remove(fh)
-            && let Handle::File { layer, ino } = *h
-            && let Err(e) = self.engine.release_file(layer, ino)
-        {
-            warn!(layer = %layer, ino = %ino, error = %e, "releasing a file failed");
-        }
-        reply.ok();
-    }
-
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.file(ino, Errno::EINVAL).and_then(|(l, _)| self.engine.sync_layer(l).map_err(|e| errno(&e))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_opendir(ino) {
-            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let handle = match self.dir_items(fh) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        if let Handle::Dir { items } = &*handle {
-            for (i, item) in items.iter().enumerate().skip(offset as usize) {
-                if reply.add(item.ino, i as u64 + 1, item.kind, &item.name) {
-                    break;
-                }
-            }
-        }
-        reply.ok();
-    }
-
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let handle = match self.dir_items(fh) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        if let Handle::Dir { items } = &*handle {
-            for (i, item) in items.iter().enumerate().skip(offset as usize) {
-                // An entry removed since the snapshot is skipped; the kernel will not see it.
-                let Ok((ttl, attr)) = self.node(item.ino).and_then(|n| self.getattr_of(n)) else { continue };
-                if reply.add(item.ino, i as u64 + 1, &item.name, &ttl, &attr, GENERATION) {
-                    break;
-                }
-            }
-        }
-        reply.ok();
-    }
-
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.handles.remove(fh);
-        reply.ok();
-    }
-
-    fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        self.fsync(req, ino, fh, datasync, reply);
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.engine.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks,
-                s.blocks_free,
-                s.blocks_free,
-                s.files,
-                s.files_free,
-                s.block_size,
-                s.name_max,
-                s.block_size,
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        position: u32,
-        reply: ReplyEmpty,
-    ) {
-        let r = (|| {
-            let (layer, ino) = self.file(ino, Errno::EPERM)?;
-            if position != 0 {
-                return Err(Errno::EINVAL);
-            }
-            if (bytes(name) == acl::ACCESS || bytes(name) == acl::DEFAULT) && !acl::is_valid(value) {
-                return Err(Errno::EINVAL);
-            }
-            let mode = match flags {
-                0 => XattrMode::Upsert,
-                libc::XATTR_CREATE => XattrMode::Create,
-                libc::XATTR_REPLACE => XattrMode::Replace,
-                _ => return Err(Errno::EINVAL),
-            };
-            self.engine.set_xattr(layer, ino, bytes(name), value, mode).map_err(|e| errno(&e))
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self
-            .file(ino, Errno::ENODATA)
-            .and_then(|(l, i)| self.engine.get_xattr(l, i, bytes(name)).map_err(|e| errno(&e)))
-        {
-            Ok(value) => Self::xattr_reply(size, &value, reply),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let names = match self.node(ino) {
-            Ok(Node::MountRoot) => Ok(Vec::new()),
-            Ok(Node::File(l, i)) => self.engine.list_xattr(l, i).map_err(|e| errno(&e)),
-            Err(e) => Err(e),
-        };
-        match names {
-            Ok(names) => {
-                let mut list = Vec::new();
-                for n in names {
-                    list.extend_from_slice(&n);
-                    list.push(0);
-                }
-                Self::xattr_reply(size, &list, reply);
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .file(ino, Errno::EPERM)
-            .and_then(|(l, i)| self.engine.remove_xattr(l, i, bytes(name)).map_err(|e| errno(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        // Mode bits are the kernel's to check; what it cannot know is which layers are
-        // read-only.
-        let r = match self.node(ino) {
-            Ok(Node::File(layer, ino)) if mask.contains(AccessFlags::W_OK) => {
-                match self.engine.getattr(layer, ino).map_err(|e| errno(&e)).and_then(|_| self.writable(layer)) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(Errno::EROFS),
-                    Err(e) => Err(e),
-                }
-            }
-            Ok(Node::MountRoot) if mask.contains(AccessFlags::W_OK) => Err(Errno::EROFS),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        let r = (|| {
-            let (layer, dir) = self.file(parent, Errno::EPERM)?;
-            let node = self.new_node(req, layer, dir, FileKind::Regular, mode, umask)?;
-            let attr = self.make(parent, name, &node)?;
-            let fh = self.do_open(attr.ino, OpenFlags(flags))?;
-            Ok((attr, fh))
-        })();
-        match r {
-            Ok((attr, fh)) => reply.created(&FILE_TTL, &attr, GENERATION, fh, OPEN_FLAGS),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn fallocate(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        let r = (|| {
-            let (layer, ino) = self.file(ino, Errno::EISDIR)?;
-            let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-            let mode = match mode & !libc::FALLOC_FL_KEEP_SIZE {
-                0 => FallocateMode::Allocate { keep_size },
-                libc::FALLOC_FL_PUNCH_HOLE if keep_size => FallocateMode::PunchHole,
-                libc::FALLOC_FL_ZERO_RANGE => FallocateMode::ZeroRange { keep_size },
-                _ => return Err(Errno::EOPNOTSUPP),
-            };
-            self.engine.fallocate(layer, ino, offset, length, mode).map_err(|e| errno(&e))?;
-            self.engine.drop_privileges(layer, ino, req.uid() != 0).map_err(|e| errno(&e))
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn copy_file_range(
-        &self,
-        req: &Request,
-        ino_in: INodeNo,
-        _fh_in: FileHandle,
-        offset_in: u64,
-        ino_out: INodeNo,
-        _fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        match self.copy_range((ino_in, offset_in), (ino_out, offset_out), len, req.uid() != 0) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
+    #[test]
+    fn xattr_answers_follow_the_callers_buffer() {
+        assert_eq!(XattrAnswer::for_buffer(0, b"abc".to_vec()), Ok(XattrAnswer::Size(3)));
+        assert_eq!(XattrAnswer::for_buffer(2, b"abc".to_vec()), Err(Errno::ERANGE));
+        assert_eq!(XattrAnswer::for_buffer(3, b"abc".to_vec()), Ok(XattrAnswer::Data(b"abc".to_vec())));
     }
 }

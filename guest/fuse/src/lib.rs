@@ -2,23 +2,29 @@
 //!
 //! One mount shows every layer as a directory named after it (`<mountpoint>/<layer>`);
 //! committed layers and views are read-only, a writable layer's directory is a container's root
-//! file system. Requests are served by several threads (fuser's multi-threaded session, all
-//! reading one `/dev/fuse` descriptor) straight into the engine, whose counters therefore
-//! see every operation. Design and measurements: `docs/design/fuse.md`.
+//! file system. Requests are served straight into the engine, whose counters therefore see
+//! every operation: over io_uring, by threads pinned to each CPU (`uring`), where the kernel
+//! offers it, and otherwise by fuser's multi-threaded session reading `/dev/fuse`
+//! (`dev_fuse`), which also negotiates the connection. Design and measurements:
+//! `docs/design/fuse.md`.
 
 mod acl;
 mod attr;
+mod dev_fuse;
 mod fs;
 mod inode;
+mod uring;
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, Notifier, Session, SessionACL};
 use lcfs_engine::Engine;
 use tracing::{info, warn};
 
-pub use fs::LcfsFs;
+use fs::LcfsFs;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -35,11 +41,15 @@ pub struct MountOptions {
     /// cold sequential read a string of small requests; disks under local file systems get
     /// megabytes.
     pub readahead_kb: u32,
+    /// Serve requests over io_uring, a queue per CPU, where the kernel offers it (Linux 6.14
+    /// and later); turns the kernel's `fuse.enable_uring` parameter on if it is off. Requests
+    /// go through `/dev/fuse` otherwise.
+    pub io_uring: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, allow_other: true, writeback_cache: true, readahead_kb: 4096 }
+        MountOptions { threads: 4, allow_other: true, writeback_cache: true, readahead_kb: 4096, io_uring: true }
     }
 }
 
@@ -47,6 +57,7 @@ impl Default for MountOptions {
 #[derive(Debug)]
 pub struct Mount {
     session: BackgroundSession,
+    queues: Option<uring::Queues>,
     notifier: Notifier,
     mountpoint: PathBuf,
 }
@@ -85,10 +96,19 @@ impl Mount {
         &self.mountpoint
     }
 
+    /// Requests answered over io_uring so far (0 where the kernel does not offer it).
+    pub fn io_uring_requests(&self) -> u64 {
+        self.queues.as_ref().map_or(0, uring::Queues::served)
+    }
+
     /// Unmounts and waits for the serving threads to finish.
     pub fn unmount(self) -> io::Result<()> {
         info!(mountpoint = %self.mountpoint.display(), "unmounting");
-        self.session.umount_and_join()
+        let unmounted = self.session.umount_and_join();
+        if let Some(queues) = self.queues {
+            queues.join();
+        }
+        unmounted
     }
 }
 
@@ -112,14 +132,45 @@ pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::R
     // each signal to a waiting caller (Go's preemption signal, in containerd and runc) costs
     // a round trip and an error line. On 2 CPUs sharing changed nothing measurable.
     config.clone_fd = false;
-    let session = Session::new(LcfsFs::new(engine, options.writeback_cache), mountpoint, &config)?;
+    let io_uring = options.io_uring && kernel_offers_io_uring();
+    let fs = Arc::new(LcfsFs::new(engine, options.writeback_cache));
+    // Session::new returns once INIT is answered, so the queues can register right away.
+    let session = Session::new(dev_fuse::Session { fs: fs.clone(), io_uring }, mountpoint, &config)?;
     let notifier = session.notifier();
+    let dev = if io_uring { Some(session.as_fd().try_clone_to_owned()?) } else { None };
     let session = session.spawn()?;
+    let queues = match dev {
+        Some(dev) => Some(uring::Queues::start(fs, dev, options.threads)?),
+        None => None,
+    };
     if let Err(e) = set_readahead(mountpoint, options.readahead_kb) {
         warn!(error = %e, "could not set the readahead window; cold sequential reads will be slower");
     }
-    info!(mountpoint = %mountpoint.display(), threads = options.threads, "mounted");
-    Ok(Mount { session, notifier, mountpoint: mountpoint.to_path_buf() })
+    info!(mountpoint = %mountpoint.display(), threads = options.threads, io_uring, "mounted");
+    Ok(Mount { session, queues, notifier, mountpoint: mountpoint.to_path_buf() })
+}
+
+/// The kernel parameter that lets FUSE connections use io_uring (off by default).
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether this kernel can carry FUSE over io_uring, turning its parameter on if needed. lcfs
+/// owns the machines it runs on (its guest, or a CI host), and the parameter only lets FUSE
+/// servers that ask for io_uring use it.
+fn kernel_offers_io_uring() -> bool {
+    match std::fs::read_to_string(ENABLE_URING) {
+        Ok(v) if v.trim() == "Y" => true,
+        Ok(_) => match std::fs::write(ENABLE_URING, "Y") {
+            Ok(()) => {
+                info!("turned on FUSE over io_uring in the kernel (fuse.enable_uring)");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not turn on FUSE over io_uring (fuse.enable_uring); requests go through /dev/fuse");
+                false
+            }
+        },
+        Err(_) => false,
+    }
 }
 
 /// Sets the readahead window of the mount's backing device info (its `read_ahead_kb`).

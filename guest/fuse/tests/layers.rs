@@ -358,3 +358,48 @@ fn deleting_files_does_not_fail_the_next_sync() {
     assert!(!m.layer_dir("child-c").join("inherited").exists());
     assert!(m.layer_dir("base-c").join("inherited").exists());
 }
+
+/// Where the kernel offers FUSE over io_uring (its `fuse.enable_uring` parameter exists), the
+/// mount serves requests through the per-CPU queues, and every operation works there too (the
+/// other tests here and pjdfstest run over whichever transport the mount uses).
+#[test]
+fn requests_arrive_over_io_uring_where_the_kernel_offers_it() {
+    if std::env::var_os("LCFS_TEST_NO_URING").is_some() {
+        return;
+    }
+    let kernel_offers = std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists();
+    let m = Mounted::new(1 << 30);
+    let dir = m.create_layer("uring", None);
+    let served = || m.mount.as_ref().expect("mounted").io_uring_requests();
+    // The queues register right after the mount; until every CPU's queue has, requests go
+    // through /dev/fuse.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served() == 0 && std::time::Instant::now() < deadline {
+        let _ = fs::metadata(dir.join("probe"));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if !kernel_offers {
+        assert_eq!(served(), 0);
+        eprintln!("this kernel has no FUSE over io_uring; /dev/fuse served everything");
+        return;
+    }
+    let before = served();
+    assert!(before > 0, "no request arrived over io_uring");
+    fs::create_dir(dir.join("d")).expect("mkdir");
+    for i in 0..50 {
+        fs::write(dir.join("d").join(format!("f{i}")), vec![i as u8; 70_000]).expect("write");
+    }
+    let names: Vec<_> = fs::read_dir(dir.join("d")).expect("readdir").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names.len(), 50);
+    fs::rename(dir.join("d/f1"), dir.join("d/renamed")).expect("rename");
+    std::os::unix::fs::symlink("renamed", dir.join("d/link")).expect("symlink");
+    assert_eq!(fs::read_link(dir.join("d/link")).expect("readlink"), std::path::Path::new("renamed"));
+    xattr_set(&dir.join("d/f2"), "user.k", b"v");
+    assert_eq!(xattr_get(&dir.join("d/f2"), "user.k").as_deref(), Some(&b"v"[..]));
+    m.mount.as_ref().expect("mounted").flush_layer("uring").expect("sync");
+    for i in 2..50 {
+        assert_eq!(fs::read(dir.join("d").join(format!("f{i}"))).expect("read"), vec![i as u8; 70_000]);
+    }
+    fs::remove_file(dir.join("d/link")).expect("unlink");
+    assert!(served() > before + 100, "only {} requests over io_uring", served() - before);
+}

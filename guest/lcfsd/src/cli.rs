@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// `--writeback-cache false` sends every write to the daemon as it happens.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub writeback_cache: bool,
+    /// Serve file system requests over io_uring, one queue per CPU, where the kernel offers
+    /// it (Linux 6.14 and later; turns the kernel's `fuse.enable_uring` on); `--io-uring
+    /// false` serves them through /dev/fuse only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub io_uring: bool,
 }
 
 #[derive(Debug, Subcommand)]

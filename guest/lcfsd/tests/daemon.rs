@@ -336,10 +336,14 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 /// Go programs (containerd, runc, Docker) preempt their threads with SIGURG, so signals often
 /// arrive while a caller waits on a FUSE request and the kernel sends an INTERRUPT for it. The
 /// daemon does not cancel requests; it answers ENOSYS, which tells the kernel to stop sending
-/// interrupts. That answer must reach the kernel (the first time it does, the kernel sends no
-/// more); when it cannot, every signal costs a round trip and an error line in the log.
+/// interrupts, but only when the answer finds the request on the descriptor it is written to.
+/// When it cannot, the signal costs a round trip and an error line in the log: with a cloned
+/// `/dev/fuse` descriptor per thread that was one signal in seven (1,086 of about 7,000).
+/// Requests served over io_uring are never found there (the kernel sends interrupts through
+/// `/dev/fuse` only), but they are answered so fast that the kernel drops nearly every
+/// interrupt before a thread reads it: a few per thousand signals.
 #[test]
-fn signals_to_callers_stop_costing_round_trips() {
+fn signals_to_callers_rarely_cost_round_trips() {
     use std::os::unix::thread::JoinHandleExt;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -376,7 +380,7 @@ fn signals_to_callers_stop_costing_round_trips() {
     assert!(sent > 1000, "only {sent} signals were sent");
 
     // What fuser 0.18 logs when the kernel refuses a reply (here: an interrupt's ENOSYS).
-    let failed = d.log().matches("Failed to send FUSE reply").count();
-    assert!(failed < 10, "{failed} replies to interrupts failed after {sent} signals:\n{}", d.log());
+    let failed = d.log().matches("Failed to send FUSE reply").count() as u32;
+    assert!(failed * 50 < sent, "{failed} replies to interrupts failed after {sent} signals:\n{}", d.log());
     assert_eq!(http(&d.socket(), "GET", "/v1/status", "").0, 200, "daemon still healthy");
 }

@@ -26,9 +26,11 @@ impl Mounted {
         let engine = Engine::open(device, &OpenOptions::default()).expect("open");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        // LCFS_TEST_NO_WRITEBACK=1 runs the same tests without the kernel's writeback cache.
+        // LCFS_TEST_NO_WRITEBACK=1 runs the same tests without the kernel's writeback cache,
+        // LCFS_TEST_NO_URING=1 with every request through /dev/fuse.
         let options = MountOptions {
             writeback_cache: std::env::var_os("LCFS_TEST_NO_WRITEBACK").is_none(),
+            io_uring: std::env::var_os("LCFS_TEST_NO_URING").is_none(),
             ..MountOptions::default()
         };
         let mount = lcfs_fuse::mount(engine.clone(), &mnt, &options).expect("mount");

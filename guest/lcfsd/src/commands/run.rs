@@ -40,7 +40,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mount = lcfs_fuse::mount(
         engine.clone(),
         &args.mountpoint,
-        &MountOptions { threads, writeback_cache: args.writeback_cache, ..MountOptions::default() },
+        &MountOptions {
+            threads,
+            writeback_cache: args.writeback_cache,
+            io_uring: args.io_uring,
+            ..MountOptions::default()
+        },
     )
     .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     let daemon = Arc::new(Daemon {

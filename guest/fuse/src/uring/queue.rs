@@ -1,0 +1,309 @@
+//! The threads of the per-CPU queues. Each owns one io_uring and one ring entry: it registers
+//! the entry, then answers the request the kernel put in it and fetches the next in one
+//! command (`COMMIT_AND_FETCH`), until the connection ends.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::Errno;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use tracing::{debug, error, info};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+
+use super::abi::{self, CMD_COMMIT_AND_FETCH, CMD_REGISTER, RingHeaders, UringCmdReq};
+use super::dispatch;
+use crate::fs::{LcfsFs, MAX_IO};
+
+/// How long a thread keeps registering while the kernel has not finished INIT (`EAGAIN`).
+const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// A page-aligned piece of a payload buffer (written data arrives aligned, ready for
+/// `O_DIRECT`).
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// The threads serving the queues of one mount.
+#[derive(Debug)]
+pub(crate) struct Queues {
+    threads: Vec<JoinHandle<()>>,
+    served: Arc<AtomicU64>,
+}
+
+impl Queues {
+    /// Starts about `threads` threads, at least one per possible CPU, on the FUSE connection
+    /// `dev` (a descriptor of the mount's `/dev/fuse`, after INIT). More than one per CPU lets
+    /// a request wait for the disk without holding up the next one from that CPU.
+    pub(crate) fn start(fs: Arc<LcfsFs>, dev: OwnedFd, threads: usize) -> io::Result<Queues> {
+        let queues = possible_cpus()?;
+        let threads_per_queue = threads.div_ceil(usize::from(queues)).max(1);
+        let dev = Arc::new(dev);
+        let served = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for qid in 0..queues {
+            for n in 0..threads_per_queue {
+                let worker =
+                    Worker { fs: fs.clone(), dev: dev.clone(), qid, served: served.clone(), first: qid == 0 && n == 0 };
+                let thread =
+                    std::thread::Builder::new().name(format!("lcfs-uring-{qid}.{n}")).spawn(move || worker.run())?;
+                threads.push(thread);
+            }
+        }
+        Ok(Queues { threads, served })
+    }
+
+    /// Requests answered over io_uring so far.
+    pub(crate) fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the threads, which end when the connection does.
+    pub(crate) fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CPUs the kernel may run on: it keeps one queue for each.
+fn possible_cpus() -> io::Result<u16> {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    parse_cpu_count(&list)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("cannot read the CPU list {list:?}")))
+}
+
+/// How many CPUs a kernel CPU list ("0-3,5") names.
+fn parse_cpu_count(list: &str) -> Option<u16> {
+    let mut count = 0u16;
+    for range in list.trim().split(',') {
+        let (first, last) = match range.split_once('-') {
+            Some((a, b)) => (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?),
+            None => {
+                let cpu = range.parse::<u16>().ok()?;
+                (cpu, cpu)
+            }
+        };
+        count = count.checked_add(last.checked_sub(first)?.checked_add(1)?)?;
+    }
+    Some(count)
+}
+
+/// How a queue thread ended.
+enum Ended {
+    /// The connection went away (unmount or abort).
+    Disconnected,
+    /// The kernel does not offer FUSE over io_uring on this connection.
+    Unavailable(Errno),
+}
+
+/// The buffers of one ring entry. The kernel writes into them while it holds one of our
+/// commands for the entry, that is, only during `io_uring_enter` calls of the owning thread.
+struct Slot {
+    headers: Box<RingHeaders>,
+    payload: Box<[Page]>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            headers: Box::new(RingHeaders::new_zeroed()),
+            payload: vec![Page([0; 4096]); MAX_IO as usize / 4096].into_boxed_slice(),
+        }
+    }
+
+    /// The entry's buffers as the kernel wants them at registration: headers, then payload.
+    fn iovecs(&mut self) -> [libc::iovec; 2] {
+        let payload = self.payload.as_mut_bytes();
+        [
+            libc::iovec {
+                iov_base: std::ptr::from_mut(self.headers.as_mut()).cast(),
+                iov_len: size_of::<RingHeaders>(),
+            },
+            libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
+        ]
+    }
+}
+
+struct Worker {
+    fs: Arc<LcfsFs>,
+    dev: Arc<OwnedFd>,
+    qid: u16,
+    served: Arc<AtomicU64>,
+    /// The thread that reports, once, that the kernel refused io_uring.
+    first: bool,
+}
+
+impl Worker {
+    fn run(self) {
+        self.pin();
+        let mut slot = Slot::new();
+        let mut iovecs = slot.iovecs();
+        match self.serve(&mut slot, &mut iovecs) {
+            Ok(Ended::Disconnected) => debug!(queue = self.qid, "FUSE connection closed; queue thread ends"),
+            Ok(Ended::Unavailable(e)) => {
+                if self.first {
+                    info!(error = ?e, "FUSE over io_uring is not available; requests go through /dev/fuse");
+                }
+            }
+            Err(e) => {
+                error!(queue = self.qid, error = %e, "a FUSE io_uring queue thread failed; its CPU's requests now wait for the others");
+                // A command may still be in flight, and the kernel would write into its
+                // buffers: they must outlive this thread.
+                std::mem::forget(slot);
+            }
+        }
+    }
+
+    /// Runs on the queue's CPU, so the kernel's wake-up of this thread stays on the CPU
+    /// that made the request.
+    fn pin(&self) {
+        let mut set = nix::sched::CpuSet::new();
+        if let Err(e) = set
+            .set(usize::from(self.qid))
+            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+        {
+            debug!(queue = self.qid, error = %e, "could not pin a queue thread to its CPU");
+        }
+    }
+
+    fn serve(&self, slot: &mut Slot, iovecs: &mut [libc::iovec; 2]) -> io::Result<Ended> {
+        let mut ring = new_ring()?;
+        let fd = self.dev.as_raw_fd();
+        let deadline = Instant::now() + REGISTER_PATIENCE;
+        loop {
+            let register = command(fd, CMD_REGISTER, UringCmdReq { qid: self.qid, ..Default::default() }, Some(iovecs));
+            match submit(&mut ring, &register)? {
+                0.. => break,
+                r if -r == libc::EAGAIN && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                r => return ended(-r, true),
+            }
+        }
+        loop {
+            let commit_id = slot.headers.ring_ent_in_out.commit_id;
+            self.answer(slot);
+            if self.served.fetch_add(1, Ordering::Relaxed) == 0 {
+                info!("FUSE requests arrive over io_uring, one queue per CPU");
+            }
+            let commit =
+                command(fd, CMD_COMMIT_AND_FETCH, UringCmdReq { commit_id, qid: self.qid, ..Default::default() }, None);
+            let r = submit(&mut ring, &commit)?;
+            if r < 0 {
+                return ended(-r, false);
+            }
+        }
+    }
+
+    /// Answers the request in `slot`, in place.
+    fn answer(&self, slot: &mut Slot) {
+        let header = abi::InHeader::read_from_prefix(&slot.headers.in_out).map(|(h, _)| h).unwrap_or_default();
+        let op_in = slot.headers.op_in;
+        let payload_in = slot.headers.ring_ent_in_out.payload_sz as usize;
+        let payload = slot.payload.as_mut_bytes();
+        let result = catch_unwind(AssertUnwindSafe(|| dispatch::serve(&self.fs, &header, &op_in, payload, payload_in)))
+            .unwrap_or_else(|_| {
+                error!(opcode = header.opcode, "a FUSE request handler panicked; answering EIO");
+                Err(Errno::EIO)
+            });
+        let (error, len) = match result {
+            Ok(len) => (0, len),
+            Err(e) => (-e.code(), 0),
+        };
+        let out = abi::OutHeader { len: (size_of::<abi::OutHeader>() + len) as u32, error, unique: header.unique };
+        slot.headers.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(out.as_bytes());
+        slot.headers.ring_ent_in_out.payload_sz = len as u32;
+    }
+}
+
+/// What a failed command means. A registration the kernel refuses leaves `/dev/fuse` serving
+/// everything; a refused commit is a fault.
+fn ended(errno: i32, registering: bool) -> io::Result<Ended> {
+    match errno {
+        libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV | libc::ECANCELED => Ok(Ended::Disconnected),
+        libc::EOPNOTSUPP | libc::EINVAL | libc::EAGAIN if registering => Ok(Ended::Unavailable(Errno::from_i32(errno))),
+        _ => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+fn new_ring() -> io::Result<Ring> {
+    // One thread submits and waits, so the kernel may run our completions only when we wait.
+    Ring::builder().setup_single_issuer().setup_defer_taskrun().build(4).or_else(|_| Ring::builder().build(4))
+}
+
+/// Submits `sqe` and waits for its completion; returns its result.
+fn submit(ring: &mut Ring, sqe: &squeue::Entry128) -> io::Result<i32> {
+    // SAFETY: the command points at the entry's iovecs and, through them, at its header and
+    // payload buffers; the caller keeps all of them alive for as long as the kernel may use
+    // them (`Worker::run` leaks them if a command may still be in flight).
+    unsafe { ring.submission().push(sqe) }.map_err(|_| io::Error::other("the io_uring submission queue is full"))?;
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(cqe) = ring.completion().next() {
+            return Ok(cqe.result());
+        }
+    }
+}
+
+/// A FUSE io_uring command for queue `req.qid`; a registration also hands over the entry's
+/// two buffers.
+fn command(fd: RawFd, op: u32, req: UringCmdReq, iovecs: Option<&mut [libc::iovec; 2]>) -> squeue::Entry128 {
+    let mut cmd = [0u8; 80];
+    cmd[..size_of::<UringCmdReq>()].copy_from_slice(req.as_bytes());
+    let mut builder = opcode::UringCmd80::new(types::Fd(fd), op).cmd(cmd);
+    let Some(iovecs) = iovecs else { return builder.build() };
+    builder = builder.addr(Some(iovecs.as_mut_ptr() as u64));
+    with_len(builder.build(), iovecs.len() as u32)
+}
+
+/// Sets the SQE's `len` field, which `UringCmd80` does not expose and a FUSE registration
+/// needs (the number of iovecs).
+fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    /// Offset of `len` in `struct io_uring_sqe`.
+    const LEN_OFFSET: usize = 24;
+    // SAFETY: `Entry128` is `repr(C)`: a 64-byte `io_uring_sqe` followed by 64 command bytes,
+    // all integers and unions of integers, so every bit pattern is valid and the two types
+    // have the same size (checked by the io-uring crate and by a test below).
+    let mut bytes: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    bytes[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(parse_cpu_count("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_count("0"), Some(1));
+        assert_eq!(parse_cpu_count("0-3,5"), Some(5));
+        assert_eq!(parse_cpu_count("3-1"), None);
+        assert_eq!(parse_cpu_count("x"), None);
+    }
+
+    #[test]
+    fn a_registration_names_its_two_buffers() {
+        assert_eq!(size_of::<squeue::Entry128>(), 128);
+        let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
+        let sqe = command(7, CMD_REGISTER, UringCmdReq { qid: 3, ..Default::default() }, Some(&mut iovecs));
+        // SAFETY: see `with_len`.
+        let bytes: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+        assert_eq!(bytes[0], io_uring::opcode::UringCmd80::CODE);
+        assert_eq!(i32::from_ne_bytes(bytes[4..8].try_into().expect("field")), 7, "fd");
+        assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().expect("field")), CMD_REGISTER, "cmd_op");
+        assert_eq!(u64::from_ne_bytes(bytes[16..24].try_into().expect("field")), iovecs.as_ptr() as u64, "addr");
+        assert_eq!(u32::from_ne_bytes(bytes[24..28].try_into().expect("field")), 2, "len");
+        assert_eq!(u16::from_ne_bytes(bytes[64..66].try_into().expect("field")), 3, "qid in the command area");
+    }
+}
