@@ -8,3 +8,6 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The mount serves over io_uring where the kernel offers it; the same end-to-end tests (and
+# pjdfstest) once more over /dev/fuse, the path of older kernels.
+LCFS_TEST_NO_URING=1 cargo test -p lcfs-fuse --locked
