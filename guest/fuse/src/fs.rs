@@ -551,6 +551,22 @@ impl LcfsFs {
         Ok((attr, fh))
     }
 
+    /// `TMPFILE` (`O_TMPFILE`): a regular file without a name, already open; it goes away at
+    /// its release unless `LINK` names it first.
+    pub(crate) fn tmpfile(
+        &self,
+        caller: Caller,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+    ) -> Reply<(FileAttr, FileHandle)> {
+        let (layer, dir) = self.file(parent, Errno::EPERM)?;
+        let node = self.new_node(caller, layer, dir, FileKind::Regular, mode, umask)?;
+        let a = self.engine.create_unnamed(layer, dir, &node).map_err(engine_errno)?;
+        let attr = self.attr_of(layer, &a)?;
+        Ok((attr, self.handles.insert(Handle::File { layer, ino: a.ino })))
+    }
+
     /// `FALLOCATE`; `mode` is fallocate(2)'s. The kernel does not say whether the caller holds
     /// `CAP_FSETID` here, so set-id bits go for every caller but root.
     pub(crate) fn fallocate(&self, caller: Caller, ino: INodeNo, offset: u64, length: u64, mode: i32) -> Reply<()> {

@@ -130,9 +130,14 @@ pub(crate) fn serve(
         }
         opcode::REMOVEXATTR => fs.removexattr(ino, name(args)?).map(|()| 0),
         opcode::ACCESS => fs.access(ino, arg::<abi::AccessIn>(op_in)?.mask as i32).map(|()| 0),
-        opcode::CREATE => {
+        opcode::CREATE | opcode::TMPFILE => {
             let a = arg::<abi::CreateIn>(op_in)?;
-            let (attr, fh) = fs.create(caller, ino, name(args)?, a.mode, a.umask, a.flags as i32)?;
+            let (attr, fh) = if header.opcode == opcode::CREATE {
+                fs.create(caller, ino, name(args)?, a.mode, a.umask, a.flags as i32)?
+            } else {
+                // The name the kernel sends for an unnamed file is a placeholder ("/").
+                fs.tmpfile(caller, ino, a.mode, a.umask)?
+            };
             let entry = entry_out(&file_entry(attr));
             let open = abi::OpenOut { fh: fh.0, open_flags: OPEN_FLAGS.bits(), backing_id: 0 };
             let n = put(payload, &entry)?;

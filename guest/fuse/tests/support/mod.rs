@@ -37,6 +37,23 @@ impl Mounted {
         Mounted { engine, mount: Some(mount), dir }
     }
 
+    /// Whether requests reach the daemon over io_uring: waits (up to 10 s) for the per-CPU
+    /// queues to take over where the kernel offers them and the test did not turn them off.
+    pub fn over_io_uring(&self) -> bool {
+        let Some(mount) = &self.mount else { return false };
+        if std::env::var_os("LCFS_TEST_NO_URING").is_some()
+            || !Path::new("/sys/module/fuse/parameters/enable_uring").exists()
+        {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mount.io_uring_requests() == 0 && std::time::Instant::now() < deadline {
+            let _ = std::fs::metadata(self.mountpoint().join("probe"));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        mount.io_uring_requests() > 0
+    }
+
     pub fn mountpoint(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
