@@ -152,35 +152,8 @@ pub(crate) fn serve(
             let n = fs.copy_file_range(caller, (ino, a.off_in), (INodeNo(a.nodeid_out), a.off_out), a.len)?;
             put(payload, &abi::WriteOut { size: n, padding: 0 })
         }
-        opcode::READDIR => {
-            let a = arg::<abi::ReadIn>(op_in)?;
-            let listing = fs.listing(FileHandle(a.fh))?;
-            let limit = (a.size as usize).min(payload.len());
-            let mut used = 0;
-            for (next, item) in listing.entries_after(a.offset) {
-                match put_dirent(&mut payload[used..limit], item.ino, next, item.kind, item.name.as_encoded_bytes()) {
-                    Some(n) => used += n,
-                    None => break,
-                }
-            }
-            Ok(used)
-        }
-        opcode::READDIRPLUS => {
-            let a = arg::<abi::ReadIn>(op_in)?;
-            let listing = fs.listing(FileHandle(a.fh))?;
-            let limit = (a.size as usize).min(payload.len());
-            let mut used = 0;
-            for (next, item) in listing.entries_after(a.offset) {
-                // An entry removed since the snapshot is skipped; the kernel will not see it.
-                let Ok(e) = fs.getattr(item.ino) else { continue };
-                let room = &mut payload[used..limit];
-                let Some(entry_len) = put_sized(room, &entry_out(&e)) else { break };
-                match put_dirent(&mut room[entry_len..], item.ino, next, item.kind, item.name.as_encoded_bytes()) {
-                    Some(n) => used += entry_len + n,
-                    None => break,
-                }
-            }
-            Ok(used)
+        opcode::READDIR | opcode::READDIRPLUS => {
+            put_listing(fs, &arg::<abi::ReadIn>(op_in)?, payload, header.opcode == opcode::READDIRPLUS)
         }
         // Nothing is buffered here; ENOSYS tells the kernel never to send FLUSH again.
         opcode::FLUSH => Err(Errno::ENOSYS),
@@ -188,6 +161,30 @@ pub(crate) fn serve(
         // the same answer, as from fuser, and the kernel falls back or stops asking.
         _ => Err(Errno::ENOSYS),
     }
+}
+
+/// Writes the entries of an open directory listing from the request's offset on, as many as
+/// the kernel's buffer holds; with `plus`, each with its attributes (`READDIRPLUS`).
+fn put_listing(fs: &LcfsFs, a: &abi::ReadIn, payload: &mut [u8], plus: bool) -> Result<usize, Errno> {
+    let listing = fs.listing(FileHandle(a.fh))?;
+    let limit = (a.size as usize).min(payload.len());
+    let mut used = 0;
+    for (next, item) in listing.entries_after(a.offset) {
+        let room = &mut payload[used..limit];
+        let entry_len = if plus {
+            // An entry removed since the snapshot is skipped; the kernel will not see it.
+            let Ok(e) = fs.getattr(item.ino) else { continue };
+            let Some(n) = put_sized(room, &entry_out(&e)) else { break };
+            n
+        } else {
+            0
+        };
+        match put_dirent(&mut room[entry_len..], item.ino, next, item.kind, item.name.as_encoded_bytes()) {
+            Some(n) => used += entry_len + n,
+            None => break,
+        }
+    }
+    Ok(used)
 }
 
 /// The operation's fixed argument.
