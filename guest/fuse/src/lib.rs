@@ -105,7 +105,11 @@ impl Mount {
     pub fn unmount(self) -> io::Result<()> {
         info!(mountpoint = %self.mountpoint.display(), "unmounting");
         let unmounted = self.session.umount_and_join();
-        if let Some(queues) = self.queues {
+        // A mount still in use stays, and so does its connection: its queue threads go on
+        // serving it and end with it.
+        if unmounted.is_ok()
+            && let Some(queues) = self.queues
+        {
             queues.join();
         }
         unmounted
@@ -132,17 +136,25 @@ pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::R
     // each signal to a waiting caller (Go's preemption signal, in containerd and runc) costs
     // a round trip and an error line. On 2 CPUs sharing changed nothing measurable.
     config.clone_fd = false;
-    let io_uring = options.io_uring && kernel_offers_io_uring();
     let fs = Arc::new(LcfsFs::new(engine, options.writeback_cache));
+    // The queues' rings exist before INIT offers io_uring: once the kernel agrees, it holds
+    // every request until each queue has registered.
+    let mut queues = if options.io_uring && kernel_offers_io_uring() {
+        uring::Queues::prepare(fs.clone(), options.threads)
+            .inspect_err(|e| warn!(error = %e, "cannot set up the io_uring queues; requests go through /dev/fuse"))
+            .ok()
+    } else {
+        None
+    };
+    let io_uring = queues.is_some();
     // Session::new returns once INIT is answered, so the queues can register right away.
-    let session = Session::new(dev_fuse::Session { fs: fs.clone(), io_uring }, mountpoint, &config)?;
+    let session = Session::new(dev_fuse::Session { fs, io_uring }, mountpoint, &config)?;
     let notifier = session.notifier();
     let dev = if io_uring { Some(session.as_fd().try_clone_to_owned()?) } else { None };
     let session = session.spawn()?;
-    let queues = match dev {
-        Some(dev) => Some(uring::Queues::start(fs, dev, options.threads)?),
-        None => None,
-    };
+    if let (Some(queues), Some(dev)) = (queues.as_mut(), dev) {
+        queues.start(dev);
+    }
     if let Err(e) = set_readahead(mountpoint, options.readahead_kb) {
         warn!(error = %e, "could not set the readahead window; cold sequential reads will be slower");
     }

@@ -282,7 +282,8 @@ fn attr(a: &FileAttr) -> abi::Attr {
         gid: a.gid,
         rdev: a.rdev,
         blksize: a.blksize,
-        flags: a.flags,
+        // Linux's FUSE_ATTR_* bits (submount, DAX), not the BSD flags FileAttr carries.
+        flags: 0,
     }
 }
 

@@ -5,8 +5,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,29 +34,55 @@ struct Page([u8; 4096]);
 #[derive(Debug)]
 pub(crate) struct Queues {
     threads: Vec<JoinHandle<()>>,
+    /// One per thread: hands it the connection once INIT is done (dropped unsent: the
+    /// connection does not use io_uring, and the thread ends).
+    connections: Vec<mpsc::Sender<Arc<OwnedFd>>>,
     served: Arc<AtomicU64>,
 }
 
 impl Queues {
-    /// Starts about `threads` threads, at least one per possible CPU, on the FUSE connection
-    /// `dev` (a descriptor of the mount's `/dev/fuse`, after INIT). More than one per CPU lets
-    /// a request wait for the disk without holding up the next one from that CPU.
-    pub(crate) fn start(fs: Arc<LcfsFs>, dev: OwnedFd, threads: usize) -> io::Result<Queues> {
+    /// Starts about `threads` threads, at least one per possible CPU, each with its io_uring
+    /// ready. This comes before INIT: once the kernel has agreed to io_uring it holds every
+    /// request until each CPU's queue has registered, so it may only be offered io_uring if
+    /// every thread can register (an io_uring can be refused: `kernel.io_uring_disabled`,
+    /// seccomp filters, memory limits). More than one thread per CPU lets a request wait for
+    /// the disk without holding up the next one from that CPU.
+    pub(crate) fn prepare(fs: Arc<LcfsFs>, threads: usize) -> io::Result<Queues> {
         let queues = possible_cpus()?;
         let threads_per_queue = threads.div_ceil(usize::from(queues)).max(1);
-        let dev = Arc::new(dev);
         let served = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
+        let mut prepared = Queues { threads: Vec::new(), connections: Vec::new(), served: served.clone() };
+        let (ready_tx, ready_rx) = mpsc::channel();
         for qid in 0..queues {
             for n in 0..threads_per_queue {
-                let worker =
-                    Worker { fs: fs.clone(), dev: dev.clone(), qid, served: served.clone(), first: qid == 0 && n == 0 };
-                let thread =
-                    std::thread::Builder::new().name(format!("lcfs-uring-{qid}.{n}")).spawn(move || worker.run())?;
-                threads.push(thread);
+                let (connection_tx, connection_rx) = mpsc::channel();
+                let worker = Worker { fs: fs.clone(), qid, served: served.clone(), first: qid == 0 && n == 0 };
+                let ready = ready_tx.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("lcfs-uring-{qid}.{n}"))
+                    .spawn(move || worker.run(&ready, &connection_rx))?;
+                prepared.threads.push(thread);
+                prepared.connections.push(connection_tx);
             }
         }
-        Ok(Queues { threads, served })
+        drop(ready_tx);
+        for _ in 0..prepared.threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a FUSE io_uring queue thread ended before its ring was ready")),
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Hands the threads the FUSE connection `dev` (a descriptor of the mount's `/dev/fuse`,
+    /// after INIT); they register their entries and serve.
+    pub(crate) fn start(&mut self, dev: OwnedFd) {
+        let dev = Arc::new(dev);
+        for connection in self.connections.drain(..) {
+            let _ = connection.send(dev.clone());
+        }
     }
 
     /// Requests answered over io_uring so far.
@@ -64,9 +90,11 @@ impl Queues {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Waits for the threads, which end when the connection does.
-    pub(crate) fn join(self) {
-        for t in self.threads {
+    /// Waits for the threads, which end when the connection does (or at once if they never
+    /// got it).
+    pub(crate) fn join(mut self) {
+        self.connections.clear();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -133,30 +161,52 @@ impl Slot {
 
 struct Worker {
     fs: Arc<LcfsFs>,
-    dev: Arc<OwnedFd>,
     qid: u16,
     served: Arc<AtomicU64>,
     /// The thread that reports, once, that the kernel refused io_uring.
     first: bool,
 }
 
+/// How many times a thread registers a fresh ring entry after a fault before it gives up.
+const FRESH_ENTRIES: u32 = 3;
+
 impl Worker {
-    fn run(self) {
+    fn run(self, ready: &mpsc::Sender<io::Result<()>>, connection: &mpsc::Receiver<Arc<OwnedFd>>) {
         self.pin();
-        let mut slot = Slot::new();
-        let mut iovecs = slot.iovecs();
-        match self.serve(&mut slot, &mut iovecs) {
-            Ok(Ended::Disconnected) => debug!(queue = self.qid, "FUSE connection closed; queue thread ends"),
-            Ok(Ended::Unavailable(e)) => {
-                if self.first {
-                    info!(error = ?e, "FUSE over io_uring is not available; requests go through /dev/fuse");
-                }
+        let mut ring = match new_ring() {
+            Ok(ring) => {
+                let _ = ready.send(Ok(()));
+                ring
             }
             Err(e) => {
-                error!(queue = self.qid, error = %e, "a FUSE io_uring queue thread failed; its CPU's requests now wait for the others");
-                // A command may still be in flight, and the kernel would write into its
-                // buffers: they must outlive this thread.
-                std::mem::forget(slot);
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let Ok(dev) = connection.recv() else { return };
+        for fault in 1..=FRESH_ENTRIES + 1 {
+            let mut slot = Slot::new();
+            match self.serve(&mut ring, dev.as_raw_fd(), &mut slot) {
+                Ok(Ended::Disconnected) => {
+                    debug!(queue = self.qid, "FUSE connection closed; queue thread ends");
+                    return;
+                }
+                Ok(Ended::Unavailable(e)) => {
+                    if self.first {
+                        info!(error = ?e, "the kernel refused the io_uring queues; requests go through /dev/fuse");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    // A command may still be in flight, and the kernel would write into its
+                    // buffers: they must outlive this thread.
+                    std::mem::forget(slot);
+                    if fault > FRESH_ENTRIES {
+                        error!(queue = self.qid, error = %e, "a FUSE io_uring queue thread gives up; the queue's other threads serve its CPU");
+                        return;
+                    }
+                    error!(queue = self.qid, error = %e, "a FUSE io_uring queue thread failed; it registers a fresh entry");
+                }
             }
         }
     }
@@ -173,13 +223,15 @@ impl Worker {
         }
     }
 
-    fn serve(&self, slot: &mut Slot, iovecs: &mut [libc::iovec; 2]) -> io::Result<Ended> {
-        let mut ring = new_ring()?;
-        let fd = self.dev.as_raw_fd();
+    /// Registers `slot` and serves the requests the kernel puts in it until the connection
+    /// ends.
+    fn serve(&self, ring: &mut Ring, fd: RawFd, slot: &mut Slot) -> io::Result<Ended> {
+        let mut iovecs = slot.iovecs();
         let deadline = Instant::now() + REGISTER_PATIENCE;
         loop {
-            let register = command(fd, CMD_REGISTER, UringCmdReq { qid: self.qid, ..Default::default() }, Some(iovecs));
-            match submit(&mut ring, &register)? {
+            let register =
+                command(fd, CMD_REGISTER, UringCmdReq { qid: self.qid, ..Default::default() }, Some(&mut iovecs));
+            match submit(ring, &register)? {
                 0.. => break,
                 r if -r == libc::EAGAIN && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
                 r => return ended(-r, true),
@@ -193,7 +245,7 @@ impl Worker {
             }
             let commit =
                 command(fd, CMD_COMMIT_AND_FETCH, UringCmdReq { commit_id, qid: self.qid, ..Default::default() }, None);
-            let r = submit(&mut ring, &commit)?;
+            let r = submit(ring, &commit)?;
             if r < 0 {
                 return ended(-r, false);
             }
