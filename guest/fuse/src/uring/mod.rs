@@ -7,11 +7,12 @@
 //! queues a request on the caller's CPU, where a thread of that queue serves it, so the caller
 //! and the daemon take turns on one CPU.
 //!
-//! The connection is still opened and negotiated by fuser on `/dev/fuse`: INIT offers
-//! `FUSE_OVER_IO_URING`, then every thread here registers a ring entry (a header and a payload
-//! buffer) for its CPU's queue. Once every CPU's queue has one, the kernel sends requests
-//! through the queues; FORGET and INTERRUPT keep going to `/dev/fuse`. If the kernel refuses
-//! (too old, or `fuse.enable_uring` off), the threads end and `/dev/fuse` serves everything.
+//! The connection is still opened and negotiated by fuser on `/dev/fuse`. The threads here
+//! create their rings first; INIT offers `FUSE_OVER_IO_URING` only if all of them could, since
+//! from then on the kernel holds every request until each CPU's queue has registered a ring
+//! entry (a header and a payload buffer). Then it sends all requests through the queues;
+//! FORGET and INTERRUPT keep going to `/dev/fuse`. If the kernel does not offer io_uring (too
+//! old, or `fuse.enable_uring` off) or refuses a registration, `/dev/fuse` serves everything.
 
 mod abi;
 mod dispatch;
