@@ -28,6 +28,19 @@ pub(crate) fn file_type(kind: FileKind) -> FileType {
     }
 }
 
+/// The engine's kind for a fuser file type (the inverse of [`file_type`]).
+pub(crate) fn file_kind(kind: FileType) -> FileKind {
+    match kind {
+        FileType::RegularFile => FileKind::Regular,
+        FileType::Directory => FileKind::Directory,
+        FileType::Symlink => FileKind::Symlink,
+        FileType::CharDevice => FileKind::CharDevice,
+        FileType::BlockDevice => FileKind::BlockDevice,
+        FileType::NamedPipe => FileKind::Fifo,
+        FileType::Socket => FileKind::Socket,
+    }
+}
+
 /// The kernel's view of an engine attribute record, numbered `ino` in the mount.
 pub(crate) fn file_attr(ino: INodeNo, a: &Attr) -> FileAttr {
     FileAttr {

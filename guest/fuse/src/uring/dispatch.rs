@@ -242,16 +242,9 @@ fn file_entry(attr: FileAttr) -> Entry {
     Entry { ttl: crate::attr::FILE_TTL, attr }
 }
 
+/// The `S_IFMT` bits of a file type (the engine keeps the one mapping).
 fn mode_type(kind: FileType) -> u32 {
-    match kind {
-        FileType::NamedPipe => libc::S_IFIFO,
-        FileType::CharDevice => libc::S_IFCHR,
-        FileType::BlockDevice => libc::S_IFBLK,
-        FileType::Directory => libc::S_IFDIR,
-        FileType::RegularFile => libc::S_IFREG,
-        FileType::Symlink => libc::S_IFLNK,
-        FileType::Socket => libc::S_IFSOCK,
-    }
+    crate::attr::file_kind(kind).mode_bits()
 }
 
 fn split_duration(d: Duration) -> (u64, u32) {
@@ -309,13 +302,7 @@ fn attr_out(e: &Entry) -> abi::AttrOut {
 fn set_attr(a: &abi::SetattrIn) -> SetAttr {
     let has = |bit| a.valid & bit != 0;
     let time = |set, now, secs: u64, nsecs: u32| {
-        has(set).then(|| {
-            if has(now) {
-                SetTime::Now
-            } else {
-                SetTime::At(Timestamp { secs: secs as i64, nsecs: nsecs.min(999_999_999) })
-            }
-        })
+        has(set).then(|| if has(now) { SetTime::Now } else { SetTime::At(Timestamp::new(secs as i64, nsecs)) })
     };
     SetAttr {
         perm: has(fattr::MODE).then_some((a.mode & 0o7777) as u16),
@@ -324,7 +311,7 @@ fn set_attr(a: &abi::SetattrIn) -> SetAttr {
         size: has(fattr::SIZE).then_some(a.size),
         atime: time(fattr::ATIME, fattr::ATIME_NOW, a.atime, a.atimensec),
         mtime: time(fattr::MTIME, fattr::MTIME_NOW, a.mtime, a.mtimensec),
-        ctime: has(fattr::CTIME).then_some(Timestamp { secs: a.ctime as i64, nsecs: a.ctimensec.min(999_999_999) }),
+        ctime: has(fattr::CTIME).then(|| Timestamp::new(a.ctime as i64, a.ctimensec)),
     }
 }
 
