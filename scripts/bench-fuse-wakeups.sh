@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Measures what a FUSE round trip costs lcfs when the request and its answer cross CPUs, the
-# reason unpacking through the mount stays several times slower than kernel overlayfs, and
-# writes the results to docs/benchmarks/fuse-wakeups.md.
+# Measures what a FUSE round trip costs lcfs on this machine and where that cost comes from:
+# the reason unpacking through the mount stays several times slower than kernel overlayfs.
+# Writes the results to docs/benchmarks/fuse-wakeups.md.
 #
 # Usage: scripts/bench-fuse-wakeups.sh [--runs N] [--dir DIR] [--tarball-dir DIR] [--out FILE]
 #   --runs N           repetitions, configurations alternating (default 3); medians reported
@@ -10,14 +10,21 @@
 #                      /var/tmp/lcfs-fuse-bench); built with debootstrap if missing
 #   --out FILE         report to write (default docs/benchmarks/fuse-wakeups.md)
 #
-# Runs as root on a machine with at least two CPUs. Each run unpacks the tarball (tar -x, as
-# bench-fuse.sh's first step) into a fresh lcfs layer in each configuration:
-#   free      nothing pinned (what bench-fuse.sh measures);
-#   same-cpu  lcfsd's threads and tar on CPU 0;
-#   cross-cpu lcfsd's threads on CPU 1, tar on CPU 0: every request and answer crosses;
-#   haltpoll  nothing pinned, the guest's haltpoll idle governor polling 200 µs before it
-#             halts a CPU (only where /sys/module/haltpoll exists; the old value is restored).
-# Peers are compared in bench-fuse.sh; this script compares lcfs with itself.
+# Runs as root on a machine with at least two CPUs; installs linux-perf if perf is missing.
+# Each run unpacks the tarball (tar -x, as bench-fuse.sh's first step) in each configuration:
+#   overlayfs   kernel overlayfs, the peer of bench-fuse.sh;
+#   tmpfs       a tmpfs: tar's system calls alone, no FUSE and no disk;
+#   free        a fresh lcfs layer, nothing pinned (what bench-fuse.sh measures);
+#   same-cpu    lcfsd's threads and tar on CPU 0;
+#   cross-cpu   lcfsd's threads on CPU 1, tar on CPU 0: every request and answer crosses;
+#   idle-queues nothing pinned, lcfsd's io_uring queue threads at SCHED_IDLE (an experiment:
+#               an answer then leaves its caller on its CPU; see the contention check);
+#   haltpoll    nothing pinned, the guest's haltpoll idle governor polling 200 µs before it
+#               halts a CPU (only where /sys/module/haltpoll exists; the old value is restored).
+# Each run also creates 50 files while a busy loop runs on every CPU, with the queue threads
+# at their normal policy and at SCHED_IDLE. Once per invocation it times a round trip between
+# two processes (`perf bench sched pipe`, on one CPU and unpinned) and counts the FUSE requests
+# of one unpack (the fuse:fuse_request_send trace point).
 set -euo pipefail
 export LC_ALL=C
 
@@ -32,7 +39,7 @@ MIRROR=
 HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 HALTPOLL_NS=200000
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # shellcheck source=lib/rootfs.sh
 . "$ROOT/scripts/lib/rootfs.sh"
@@ -47,23 +54,31 @@ LCFS_PID=
 BOOTSTRAP_DIR=
 HALTPOLL_SAVED=
 RESULTS=$DIR/results.tsv
-CONFIGS=(free same-cpu cross-cpu)
+CONFIGS=(overlayfs tmpfs free same-cpu cross-cpu idle-queues)
 [ -w "$HALTPOLL" ] && HALTPOLL_SAVED=$(cat "$HALTPOLL") && CONFIGS+=(haltpoll)
+HOGS=()
+CONTENTION_FILES=50
 
 cleanup() {
     set +e
     [ -n "$HALTPOLL_SAVED" ] && echo "$HALTPOLL_SAVED" >"$HALTPOLL"
+    [ ${#HOGS[@]} -eq 0 ] || kill "${HOGS[@]}" 2>/dev/null
     [ -n "$LCFS_PID" ] && kill -TERM "$LCFS_PID" 2>/dev/null && wait "$LCFS_PID"
     umount_below "$DIR"
     remove_bootstrap_dir
 }
 trap cleanup EXIT
 
+if ! perf version >/dev/null 2>&1; then
+    log "installing linux-perf"
+    apt-get install -y linux-perf >&2 || { apt-get update >&2 && apt-get install -y linux-perf >&2; }
+fi
+
 log "building lcfsd"
 (cd "$ROOT" && cargo build --release --locked -p lcfsd) >&2
 umount_below "$DIR"
 rm -rf --one-file-system "$DIR"
-mkdir -p "$DIR/lcfs/mnt"
+mkdir -p "$DIR/lcfs/mnt" "$DIR/tmpfs" "$DIR/overlayfs"/{lower,upper,work,mnt}
 LCFSD=$ROOT/target/release/lcfsd
 REV=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)
 build_tarball_in "$TARBALL_DIR"
@@ -74,6 +89,13 @@ LCFS_PID=$!
 for _ in $(seq 100); do [ -S "$DIR/lcfs/api.sock" ] && break; sleep 0.1; done
 [ -S "$DIR/lcfs/api.sock" ] || die "lcfsd did not start: $(tail -5 "$DIR/lcfs/lcfsd.log")"
 layer() { "$LCFSD" layer "$@" --api-socket "$DIR/lcfs/api.sock" >/dev/null; }
+ls "$DIR/lcfs/mnt" >/dev/null   # a first request, after which lcfsd says how requests arrive
+if ! grep -q 'arrive over io_uring' "$DIR/lcfs/lcfsd.log"; then
+    log "requests arrive over /dev/fuse: no io_uring queue threads, so no idle-queues configuration"
+    kept=()
+    for c in "${CONFIGS[@]}"; do [ "$c" = idle-queues ] || kept+=("$c"); done
+    CONFIGS=("${kept[@]}")
+fi
 
 # Unpacks the tarball into $1 with `taskset -c $2` (empty: unpinned); prints seconds.
 unpack() {
@@ -81,27 +103,91 @@ unpack() {
     [ -n "$2" ] && pin=(taskset -c "$2")
     cat "$TARBALL" >/dev/null
     t0=$(date +%s%N)
-    "${pin[@]}" tar --numeric-owner --same-owner -xpf "$TARBALL" -C "$1" || die "tar into $1 failed"
+    "${pin[@]}" tar --xattrs --xattrs-include='*' --numeric-owner --same-owner -xpf "$TARBALL" -C "$1" ||
+        die "tar into $1 failed"
     t1=$(date +%s%N)
     awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", ns / 1e9 }'
 }
 
+# Threads of lcfsd serving io_uring queues, one id a line (none over /dev/fuse).
+queue_threads() {
+    local t
+    for t in /proc/"$LCFS_PID"/task/*; do
+        case "$(cat "$t/comm" 2>/dev/null)" in lcfs-uring-*) echo "${t##*/}" ;; esac
+    done
+}
+queue_policy() {   # idle|other
+    local t
+    for t in $(queue_threads); do chrt "-${1:0:1}" -p 0 "$t" >/dev/null; done
+}
+
+# The directory a configuration unpacks into, made fresh; the matching teardown.
+target_up() {   # run config
+    case "$2" in
+        overlayfs)
+            mount -t overlay overlay -o "lowerdir=$DIR/overlayfs/lower,upperdir=$DIR/overlayfs/upper,workdir=$DIR/overlayfs/work" \
+                "$DIR/overlayfs/mnt"
+            echo "$DIR/overlayfs/mnt" ;;
+        tmpfs)
+            mount -t tmpfs -o size=2G tmpfs "$DIR/tmpfs"
+            echo "$DIR/tmpfs" ;;
+        *)
+            layer create "w$1-$2"
+            echo "$DIR/lcfs/mnt/w$1-$2" ;;
+    esac
+}
+target_down() {   # run config
+    case "$2" in
+        overlayfs)
+            umount "$DIR/overlayfs/mnt"
+            rm -rf --one-file-system "$DIR/overlayfs/upper" "$DIR/overlayfs/work"
+            mkdir "$DIR/overlayfs/upper" "$DIR/overlayfs/work" ;;
+        tmpfs) umount "$DIR/tmpfs" ;;
+        *) layer remove "w$1-$2" ;;
+    esac
+}
+
 run_config() {   # run config
-    local daemon_cpus=0-$(($(nproc) - 1)) tar_cpu='' seconds
+    local daemon_cpus=0-$(($(nproc) - 1)) tar_cpu='' seconds dir
     case "$2" in
         same-cpu) daemon_cpus=0 tar_cpu=0 ;;
         cross-cpu) daemon_cpus=1 tar_cpu=0 ;;
+        idle-queues) queue_policy idle ;;
         haltpoll) echo "$HALTPOLL_NS" >"$HALTPOLL" ;;
     esac
     taskset -a -p -c "$daemon_cpus" "$LCFS_PID" >/dev/null
-    layer create "w$1-$2"
+    dir=$(target_up "$1" "$2")
     sync
-    seconds=$(unpack "$DIR/lcfs/mnt/w$1-$2" "$tar_cpu")
+    seconds=$(unpack "$dir" "$tar_cpu")
+    sync
     [ -n "$HALTPOLL_SAVED" ] && echo "$HALTPOLL_SAVED" >"$HALTPOLL"
+    queue_policy other
     taskset -a -p -c "0-$(($(nproc) - 1))" "$LCFS_PID" >/dev/null
-    layer remove "w$1-$2"
+    target_down "$1" "$2"
     printf '%s\t%s\t%s\n' "$1" "$2" "$seconds" >>"$RESULTS"
     log "run $1/$RUNS: $2: $seconds s"
+}
+
+# Creates CONTENTION_FILES files in a fresh layer while a busy loop runs on every CPU, the queue
+# threads at policy $2; prints seconds.
+contention() {   # run idle|other
+    local d=$DIR/lcfs/mnt/c$1-$2 i t0 t1
+    layer create "c$1-$2"
+    queue_policy "$2"
+    for i in $(seq 0 $(($(nproc) - 1))); do
+        taskset -c "$i" sh -c 'while :; do :; done' &
+        HOGS+=($!)
+    done
+    t0=$(date +%s%N)
+    for i in $(seq "$CONTENTION_FILES"); do echo x >"$d/f$i"; done
+    t1=$(date +%s%N)
+    kill "${HOGS[@]}"
+    wait "${HOGS[@]}" 2>/dev/null || true
+    HOGS=()
+    queue_policy other
+    layer remove "c$1-$2"
+    printf '%s\tcontention-%s\t%s\n' "$1" "$2" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", ns / 1e9 }')" >>"$RESULTS"
+    log "run $1/$RUNS: $CONTENTION_FILES files beside busy loops, queue threads $2: $(tail -1 "$RESULTS" | cut -f3) s"
 }
 
 : >"$RESULTS"
@@ -111,36 +197,86 @@ for run in $(seq "$RUNS"); do
     for i in $(seq 0 $((n - 1))); do
         run_config "$run" "${CONFIGS[$(((i + run - 1) % n))]}"
     done
+    if [ -n "$(queue_threads)" ]; then
+        contention "$run" other
+        contention "$run" idle
+    fi
 done
 
+# A round trip between two processes, pinned to one CPU and left to the scheduler.
+pipe_round_trip() {   # taskset-args...
+    "$@" perf bench sched pipe -l 50000 2>/dev/null | awk '/usecs\/op/ { printf "%.1f", $1 }'
+}
+PIPE_ONE_CPU=$(pipe_round_trip taskset -c 0)
+PIPE_FREE=$(pipe_round_trip)
+log "pipe round trip: $PIPE_ONE_CPU µs on one CPU, $PIPE_FREE µs unpinned"
+
+# FUSE requests of one unpack, by type.
+layer create count
+cat "$TARBALL" >/dev/null
+perf record -q -e fuse:fuse_request_send -a -o "$DIR/requests.data" -- \
+    tar --xattrs --xattrs-include='*' --numeric-owner --same-owner -xpf "$TARBALL" -C "$DIR/lcfs/mnt/count" 2>/dev/null
+perf script -i "$DIR/requests.data" 2>/dev/null | grep -o 'opcode [0-9]* ([A-Z_]*)' | awk '{ print $3 }' |
+    tr -d '()' | sort | uniq -c | sort -rn >"$DIR/requests.txt"
+layer remove count
+REQUESTS=$(awk '{ s += $1 } END { print s + 0 }' "$DIR/requests.txt")
+log "one unpack: $REQUESTS FUSE requests"
+
 median() { awk -F'\t' -v c="$1" '$2 == c { print $3 }' "$RESULTS" | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 free=$(median free)
+overlay=$(median overlayfs)
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
 row() {   # config description
     local m
     m=$(median "$1")
-    printf '| %s | %s | %s s | %s |\n' "$1" "$2" "$m" \
-        "$(awk -v a="$m" -v b="$free" 'BEGIN { printf "%.2f", a / b }')"
+    printf '| %s | %s | %s s | %s | %s |\n' "$1" "$2" "$m" "$(div "$m" "$overlay")" "$(div "$m" "$free")"
 }
+tmpfs=$(median tmpfs)
+floor=$(awk -v t="$tmpfs" -v n="$REQUESTS" -v rt="$PIPE_ONE_CPU" 'BEGIN { printf "%.2f", t + n * rt / 1e6 }')
+target=$(awk -v o="$overlay" 'BEGIN { printf "%.2f", 1.5 * o }')
 elapsed=$((SECONDS - START))
 mkdir -p "$(dirname "$OUT")"
 {
     cat <<MD
-# FUSE wake-ups: what crossing CPUs costs lcfs's round trips
+# FUSE round trips: what they cost lcfs on this machine, and why
 
 Produced by \`scripts/bench-fuse-wakeups.sh --runs $RUNS\` on $(date -u +%Y-%m-%d) at \`$REV\`
 ($(nproc) CPUs, kernel $(uname -r)); medians of $RUNS runs, configurations alternating; the
 whole run took $((elapsed / 60)) min $((elapsed % 60)) s.
 
 Each configuration unpacks the Debian rootfs tarball of \`bench-fuse.sh\` ($(basename "$TARBALL"))
-with \`tar -xp\` into a fresh lcfs layer, through the FUSE mount.
+with its \`tar -xp\` command; the lcfs configurations unpack into a fresh layer, through the
+FUSE mount ($(grep -q 'arrive over io_uring' "$DIR/lcfs/lcfsd.log" && echo "requests over io_uring, a queue per CPU" || echo "requests over /dev/fuse")).
 
-| configuration | what is pinned | unpack | / free |
-|---|---|---|---|
-$(row free "nothing (as in bench-fuse.sh)")
-$(row same-cpu "lcfsd and tar on CPU 0")
-$(row cross-cpu "lcfsd on CPU 1, tar on CPU 0")
-$([ -n "$HALTPOLL_SAVED" ] && row haltpoll "nothing; guest_halt_poll_ns=$HALTPOLL_NS (was $HALTPOLL_SAVED)")
+| configuration | what differs | unpack | / overlayfs | / free |
+|---|---|---|---|---|
+$(row overlayfs "kernel overlayfs, the peer")
+$(row tmpfs "tmpfs: tar's system calls alone")
+$(row free "lcfs, nothing pinned (as in bench-fuse.sh)")
+$(row same-cpu "lcfs; lcfsd and tar on CPU 0")
+$(row cross-cpu "lcfs; lcfsd on CPU 1, tar on CPU 0")
+$(row idle-queues "lcfs; queue threads at SCHED_IDLE")
+$([ -n "$HALTPOLL_SAVED" ] && row haltpoll "lcfs; guest_halt_poll_ns=$HALTPOLL_NS (was $HALTPOLL_SAVED)")
+
+## A round trip, and how many an unpack needs
+
+* A round trip between two processes through a pipe (\`perf bench sched pipe\`): **$PIPE_ONE_CPU µs**
+  with both on CPU 0, **$PIPE_FREE µs** left to the scheduler (the wake-ups then cross CPUs).
+* One unpack into lcfs sends **$REQUESTS FUSE requests**:
+  $(awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }' "$DIR/requests.txt").
+* A floor for any FUSE file system here: tar's own system calls (tmpfs, $tmpfs s) plus one
+  same-CPU round trip per request ($REQUESTS × $PIPE_ONE_CPU µs) is **$floor s**, with no work
+  done by the daemon; the target, 1.5 × overlayfs, is $target s.
+
+## Queue threads at SCHED_IDLE beside busy CPUs
+
+$CONTENTION_FILES files created (\`echo x > f\`) while a busy loop runs on every CPU, medians:
+
+| queue threads | seconds |
+|---|---|
+| normal policy (lcfsd's) | $(median contention-other) s |
+| SCHED_IDLE | $(median contention-idle) s |
 
 ## Every run
 
