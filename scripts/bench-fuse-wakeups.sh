@@ -147,6 +147,19 @@ target_down() {   # run config
     esac
 }
 
+# Waits (up to a minute) until no task has waited for the disk for a while (the "some" line of
+# /proc/pressure/io, averaged over 10 s, below 2%), so a step does not pay for the disk work
+# of the one before, or for the host's.
+settle() {
+    local i
+    [ -r /proc/pressure/io ] || return 0
+    for i in $(seq 120); do
+        awk '$1 == "some" { split($2, a, "="); exit !(a[2] < 2) }' /proc/pressure/io && return 0
+        sleep 0.5
+    done
+    log "the disk did not settle within a minute ($(head -1 /proc/pressure/io)); measuring anyway"
+}
+
 run_config() {   # run config
     local daemon_cpus=0-$(($(nproc) - 1)) tar_cpu='' seconds dir
     case "$2" in
@@ -158,6 +171,7 @@ run_config() {   # run config
     taskset -a -p -c "$daemon_cpus" "$LCFS_PID" >/dev/null
     dir=$(target_up "$1" "$2")
     sync
+    settle
     seconds=$(unpack "$dir" "$tar_cpu")
     sync
     [ -n "$HALTPOLL_SAVED" ] && echo "$HALTPOLL_SAVED" >"$HALTPOLL"
