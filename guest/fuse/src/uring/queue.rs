@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fuser::Errno;
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{EnterFlags, IoUring, cqueue, opcode, squeue, types};
 use tracing::{debug, error, info};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
@@ -288,14 +288,25 @@ fn new_ring() -> io::Result<Ring> {
     Ring::builder().setup_single_issuer().setup_defer_taskrun().build(4).or_else(|_| Ring::builder().build(4))
 }
 
-/// Submits `sqe` and waits for its completion; returns its result.
+/// Submits `sqe` and waits for its completion; returns its result. Where the kernel allows it
+/// (Linux 6.15 and later) the wait is not counted as I/O wait: a queue thread waits for
+/// requests, not for a disk, and otherwise every queue thread of an idle mount would show as
+/// blocked on I/O (`/proc/pressure/io` at 100%, `wa` in `vmstat`), misleading monitoring and
+/// anything that backs off under I/O pressure.
 fn submit(ring: &mut Ring, sqe: &squeue::Entry128) -> io::Result<i32> {
     // SAFETY: the command points at the entry's iovecs and, through them, at its header and
     // payload buffers; the caller keeps all of them alive for as long as the kernel may use
     // them (`Worker::run` leaks them if a command may still be in flight).
     unsafe { ring.submission().push(sqe) }.map_err(|_| io::Error::other("the io_uring submission queue is full"))?;
+    let mut flags = EnterFlags::GETEVENTS;
+    if ring.params().is_feature_no_iowait() {
+        flags |= EnterFlags::NO_IOWAIT;
+    }
     loop {
-        match ring.submit_and_wait(1) {
+        let to_submit = ring.submission().len() as u32;
+        // SAFETY: no argument structure is passed, and the flags are ones this kernel accepts;
+        // the submission's buffers are kept alive as said above.
+        match unsafe { ring.submitter().enter::<libc::sigset_t>(to_submit, 1, flags.bits(), None) } {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => return Err(e),
