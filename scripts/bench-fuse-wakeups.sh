@@ -4,7 +4,8 @@
 # Writes the results to docs/benchmarks/fuse-wakeups.md.
 #
 # Usage: scripts/bench-fuse-wakeups.sh [--runs N] [--dir DIR] [--tarball-dir DIR] [--out FILE]
-#   --runs N           repetitions, configurations alternating (default 3); medians reported
+#   --runs N           repetitions, configurations alternating (default 3); the best and the
+#                      median of each configuration are reported
 #   --dir DIR          storage for the run (default /var/tmp/lcfs-fuse-wakeups; emptied first)
 #   --tarball-dir DIR  where bench-fuse.sh caches its Debian rootfs tarball (default
 #                      /var/tmp/lcfs-fuse-bench); built with debootstrap if missing
@@ -39,7 +40,7 @@ MIRROR=
 HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 HALTPOLL_NS=200000
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # shellcheck source=lib/rootfs.sh
 . "$ROOT/scripts/lib/rootfs.sh"
