@@ -156,6 +156,11 @@ impl FileCounters {
         f(self.shard(layer, ino).entry((layer, ino)).or_default());
     }
 
+    /// Drops the counters of one file (its layer version is gone).
+    pub fn forget(&self, layer: LayerId, ino: Ino) {
+        self.shard(layer, ino).remove(&(layer, ino));
+    }
+
     pub fn forget_layer(&self, layer: LayerId) {
         for shard in &self.shards {
             shard.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| k.0 != layer);

@@ -203,6 +203,7 @@ impl State {
             }
         }
         self.store.delete(Table::Orphans, keys::layer_inode(l.id, ino));
+        self.finished.push((l.id, ino));
         let created_here =
             self.store.get(Table::LayerInodes, &keys::layer_inode(l.id, ino))?.as_deref() == Some(&[keys::OWN_CREATED]);
         if created_here {

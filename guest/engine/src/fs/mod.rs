@@ -135,6 +135,9 @@ pub(crate) struct State {
     next_layer_stored: u64,
     /// Open handles per (layer, inode): an unlinked file lives on until its last close.
     open: HashMap<(LayerId, Ino), u32>,
+    /// Layer versions of inodes freed since the engine last dropped their file counters, which
+    /// live outside this lock ([`Engine::forget_finished`]).
+    finished: Vec<(LayerId, Ino)>,
 }
 
 const INODE_LOCK_STRIPES: usize = 64;
@@ -348,8 +351,18 @@ impl Engine {
         l.counters.op(op);
         let r = st.ensure_metadata_room(op).and_then(|()| f(&mut st, &l));
         let r = r.and_then(|v| st.bound_overlay(self.shared.max_dirty_bytes).map(|()| v));
-        drop(st);
+        self.forget_finished(st);
         self.check_fatal(r)
+    }
+
+    /// Releases the state lock, then drops the file counters of the inodes freed under it, so
+    /// a daemon that sees millions of short-lived files does not keep a counter for each.
+    fn forget_finished(&self, mut st: RwLockWriteGuard<'_, State>) {
+        let finished = std::mem::take(&mut st.finished);
+        drop(st);
+        for (layer, ino) in finished {
+            self.shared.files.forget(layer, ino);
+        }
     }
 
     // ---- durability ----
@@ -593,7 +606,7 @@ impl Engine {
     pub fn release_file(&self, layer: LayerId, ino: Ino) -> Result<()> {
         let mut st = self.write_state()?;
         let r = st.release_handle(layer, ino);
-        drop(st);
+        self.forget_finished(st);
         self.check_fatal(r)
     }
 
@@ -826,6 +839,7 @@ impl State {
             next_layer,
             next_layer_stored: next_layer,
             open: HashMap::new(),
+            finished: Vec::new(),
         })
     }
 

@@ -383,6 +383,30 @@ fn counters_record_operations_and_hot_files() {
 }
 
 #[test]
+fn a_removed_file_takes_its_counters_with_it() {
+    let e = engine();
+    let l = layer(&e, "l", None);
+    let kept = file(&e, l, ROOT_INO, "kept", b"data");
+    let gone = file(&e, l, ROOT_INO, "gone", b"data");
+    let open = file(&e, l, ROOT_INO, "open", b"data");
+    for ino in [kept, gone, open] {
+        e.read(l, ino, 0, 4).expect("read");
+    }
+    let counted = |ino: Ino| e.hot_files(Some(l), 100).iter().any(|t| t.1 == ino);
+    assert!(counted(gone) && counted(open));
+    e.unlink(l, ROOT_INO, b"gone").expect("unlink");
+    assert!(!counted(gone), "a file with no name and no handle keeps no counters");
+    // Unlinked while open, a file can still be read: it keeps its counters until released.
+    e.open_file(l, open).expect("open");
+    e.unlink(l, ROOT_INO, b"open").expect("unlink");
+    e.read(l, open, 0, 4).expect("read after unlink");
+    assert!(counted(open));
+    e.release_file(l, open).expect("release");
+    assert!(!counted(open));
+    assert!(counted(kept));
+}
+
+#[test]
 fn statfs_reports_space_and_names() {
     let e = engine();
     let s = e.statfs().expect("statfs");
