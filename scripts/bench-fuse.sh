@@ -3,6 +3,7 @@
 # one run, and writes the results to docs/benchmarks/fuse.md.
 #
 # Usage: scripts/bench-fuse.sh [--runs N] [--dir DIR] [--out FILE] [--mirror URL] [--rev REV]
+#                              [--libfuse-hp PATH]
 #   --runs N      repetitions of the whole workload, peers alternating (default 3); medians
 #                 are reported
 #   --dir DIR     bench directory: all three peers' backing storage and the cached rootfs
@@ -12,6 +13,11 @@
 #                 machine's apt configuration); only used when the tarball is not cached yet
 #   --rev REV     measure lcfsd built from commit REV (exported with git archive, built in
 #                 DIR/build) instead of the working tree
+#   --libfuse-hp PATH
+#                 also measure libfuse's passthrough_hp (built by scripts/build-libfuse-hp.sh)
+#                 as two more peers, both over io_uring: libfuse-hp with file data through
+#                 the daemon, as lcfs, and libfuse-hp-pt with FUSE passthrough; they show
+#                 what the FUSE protocol alone costs on the machine
 # LCFSD_RUN_ARGS in the environment adds options to `lcfsd run` (e.g. --writeback-cache).
 #
 # Runs as root. Installs debootstrap, fuse-overlayfs and fio with apt-get if missing, builds
@@ -40,8 +46,9 @@ SMALL_SIZE=1024    # bytes per small file
 RANDREAD_SECS=10   # duration of the random-read step
 LCFS_SIZE=20G      # size of lcfs's (sparse) device file
 PEERS=(lcfs overlayfs fuse-overlayfs)
+LIBFUSE_HP=        # passthrough_hp binary; adds the peers libfuse-hp and libfuse-hp-pt
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,11 +57,17 @@ while [ $# -gt 0 ]; do
         --out) OUT=${2:?--out needs a file}; shift 2 ;;
         --mirror) MIRROR=${2:?--mirror needs a URL}; shift 2 ;;
         --rev) BUILD_REV=${2:?--rev needs a commit}; shift 2 ;;
+        --libfuse-hp) LIBFUSE_HP=${2:?--libfuse-hp needs the path of passthrough_hp}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
 case "$RUNS" in '' | *[!0-9]* | 0) echo "--runs must be a positive number" >&2; exit 2 ;; esac
+if [ -n "$LIBFUSE_HP" ]; then
+    [ -x "$LIBFUSE_HP" ] || { echo "--libfuse-hp: $LIBFUSE_HP is not an executable" >&2; exit 2; }
+    LIBFUSE_HP=$(realpath "$LIBFUSE_HP")
+    PEERS+=(libfuse-hp libfuse-hp-pt)
+fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "bench-fuse.sh must run as root (mounts, mknod, drop_caches)" >&2
     exit 2
@@ -80,6 +93,7 @@ WORK=
 BOOTSTRAP_DIR=
 LCFS_PID=
 FOVL_PID=
+HP_PID=
 
 # Unmounts everything mounted at or below $1, deepest first.
 
@@ -90,12 +104,13 @@ cleanup() {
         kill -TERM "$LCFS_PID"
         wait "$LCFS_PID"
     fi
-    for m in "$DIR/overlayfs/mnt" "$DIR/fuse-overlayfs/mnt" "$DIR/lcfs/mnt"; do
+    for m in "$DIR/overlayfs/mnt" "$DIR/fuse-overlayfs/mnt" "$DIR/lcfs/mnt" "$DIR/libfuse-hp/mnt"; do
         umount_below "$m"
     done
     if [ -n "$FOVL_PID" ]; then wait "$FOVL_PID" 2>/dev/null; fi
+    if [ -n "$HP_PID" ]; then wait "$HP_PID" 2>/dev/null; fi
     remove_bootstrap_dir
-    rm -rf --one-file-system "$DIR/overlayfs" "$DIR/fuse-overlayfs" "$DIR/lcfs"
+    rm -rf --one-file-system "$DIR/overlayfs" "$DIR/fuse-overlayfs" "$DIR/lcfs" "$DIR/libfuse-hp"
     [ -z "$TARBALL" ] || rm -f "$TARBALL.partial"
     [ -z "$SHM" ] || rm -rf "$SHM"
     [ -z "$WORK" ] || rm -rf "$WORK"
@@ -242,6 +257,43 @@ fuse-overlayfs_down() {
     FOVL_PID=
     rm -rf --one-file-system "$DIR/fuse-overlayfs"
 }
+
+# libfuse's passthrough_hp over a plain directory, requests over io_uring, with the mount
+# options lcfsd uses (the kernel checks permissions; device nodes and setuid allowed). $1 is
+# the peer's name; libfuse-hp passes file data through the daemon (--nopassthrough, as lcfs
+# must: its files live in one device), libfuse-hp-pt lets the kernel read and write the
+# backing files directly (FUSE passthrough).
+libfuse_hp_up() {
+    local peer=$1 b=$DIR/libfuse-hp i mode=()
+    [ "$peer" = libfuse-hp-pt ] || mode=(--nopassthrough)
+    rm -rf --one-file-system "$b"
+    mkdir -p "$b/src" "$b/mnt"
+    "$LIBFUSE_HP" "${mode[@]}" --foreground -o io_uring -o default_permissions,allow_other,dev,suid \
+        "$b/src" "$b/mnt" 2>"$WORK/$peer-run$RUN.log" &
+    HP_PID=$!
+    for i in $(seq 100); do
+        mountpoint -q "$b/mnt" && break
+        kill -0 "$HP_PID" 2>/dev/null || die "passthrough_hp exited: $(cat "$WORK/$peer-run$RUN.log")"
+        sleep 0.1
+    done
+    mountpoint -q "$b/mnt" || die "passthrough_hp did not mount within 10 s"
+    W=$b/mnt
+}
+libfuse_hp_down() {
+    local peer=$1
+    record "$RUN" "$peer" peak_rss_mib "$(peak_rss_mib "$HP_PID")"
+    # Its io_uring queue threads are named fuse-ring-N; without them it served /dev/fuse.
+    grep -qs '^fuse-ring' /proc/"$HP_PID"/task/*/comm ||
+        record "$RUN" "$peer" note "passthrough_hp had no io_uring queue threads: requests came through /dev/fuse"
+    umount "$DIR/libfuse-hp/mnt"
+    wait "$HP_PID" || log "passthrough_hp exited with $?"
+    HP_PID=
+    rm -rf --one-file-system "$DIR/libfuse-hp"
+}
+libfuse-hp_up() { libfuse_hp_up libfuse-hp; }
+libfuse-hp_down() { libfuse_hp_down libfuse-hp; }
+libfuse-hp-pt_up() { libfuse_hp_up libfuse-hp-pt; }
+libfuse-hp-pt_down() { libfuse_hp_down libfuse-hp-pt; }
 
 lcfs_api() { "$LCFSD" layer "$@" --api-socket "$DIR/lcfs/api.sock"; }
 
@@ -485,6 +537,23 @@ results_table() {
     done
 }
 
+# With --libfuse-hp: the two passthrough_hp peers against overlayfs, the same ratios as lcfs's,
+# so each target can be read as "does the FUSE protocol itself allow it here".
+libfuse_table() {
+    local s key label unit tovl l o h p
+    echo "| step | lcfs | libfuse-hp | libfuse-hp-pt | lcfs / overlayfs | libfuse-hp / overlayfs | libfuse-hp-pt / overlayfs | lcfs / libfuse-hp |"
+    echo "| --- | ---: | ---: | ---: | --- | --- | --- | --- |"
+    for s in "${STEPS[@]}"; do
+        IFS='|' read -r key label unit _ tovl <<<"$s"
+        l=$(median lcfs "$key") o=$(median overlayfs "$key")
+        h=$(median libfuse-hp "$key") p=$(median libfuse-hp-pt "$key")
+        printf '| %s | %s %s | %s %s | %s %s | %s | %s | %s | %s |\n' "$label" \
+            "$(fmt "$l" "$unit")" "$unit" "$(fmt "$h" "$unit")" "$unit" "$(fmt "$p" "$unit")" "$unit" \
+            "$(ratio_cell "$l" "$o" "$tovl")" "$(ratio_cell "$h" "$o" "$tovl")" "$(ratio_cell "$p" "$o" "$tovl")" \
+            "$(ratio_cell "$l" "$h" "")"
+    done
+}
+
 runs_table() {
     local s key label unit p r v row
     printf '| step | peer |'; for r in $(seq "$RUNS"); do printf ' run %s |' "$r"; done; echo
@@ -533,8 +602,27 @@ notes_list() {
     done
 }
 
+# With --libfuse-hp: how the passthrough_hp peers were run, for the report.
+libfuse_peers() {
+    [ -n "$LIBFUSE_HP" ] || return 0
+    cat <<EOF
+* **libfuse-hp**: libfuse $(cat "$LIBFUSE_HP.version" 2>/dev/null || echo "(version unknown)")'s \`example/passthrough_hp --nopassthrough --foreground -o io_uring
+  -o default_permissions,allow_other,dev,suid SRC MNT\` over an empty directory, built by
+  \`scripts/build-libfuse-hp.sh\` (its defaults: writeback cache, entries and attributes cached
+  for a day; it also answers FLUSH, one more request per close than lcfs, which declines it).
+* **libfuse-hp-pt**: the same without \`--nopassthrough\`: FUSE passthrough, and so no
+  writeback cache.
+EOF
+}
+
 write_report() {
-    local cpu mem fs elapsed tar_mib entries digests notes
+    local cpu mem fs elapsed tar_mib entries digests notes title_extra='' build_hp_line='' bench_line
+    bench_line="scripts/bench-fuse.sh --runs $RUNS${BUILD_REV:+ --rev $REV}"
+    if [ -n "$LIBFUSE_HP" ]; then
+        title_extra=" (and libfuse's passthrough_hp)"
+        build_hp_line="scripts/build-libfuse-hp.sh   # libfuse 3.18+ source: --source DIR, or a deb-src entry"$'\n'
+        bench_line="$bench_line --libfuse-hp $LIBFUSE_HP"
+    fi
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
     mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     fs=$(df -PT "$DIR" | awk 'NR == 2 { print $2 " on " $1 " (mounted at " $7 ")" }')
@@ -546,12 +634,12 @@ write_report() {
     mkdir -p "$(dirname "$OUT")"
     {
         cat <<EOF
-# FUSE benchmarks: lcfs against overlayfs and fuse-overlayfs
+# FUSE benchmarks: lcfs against overlayfs and fuse-overlayfs$title_extra
 
 Generated by \`scripts/bench-fuse.sh\`; do not edit by hand. Reproduce with:
 
 \`\`\`sh
-scripts/bench-fuse.sh --runs $RUNS${BUILD_REV:+ --rev ${REV}}
+$build_hp_line$bench_line
 \`\`\`
 
 * Date: $RUN_DATE
@@ -573,6 +661,23 @@ Targets: unpack, small files and removal: lcfs time ≤ 0.5 × fuse-overlayfs's 
 overlayfs's (stat walk: ≤ 2 × overlayfs's); sequential write: ≥ 2 × fuse-overlayfs's
 throughput and ≥ 0.8 × overlayfs's; sequential read and random-read IOPS: ≥ 0.9 × overlayfs's.
 
+EOF
+        if [ -n "$LIBFUSE_HP" ]; then
+            cat <<EOF
+### The FUSE protocol alone: libfuse's passthrough_hp
+
+libfuse's own high-performance example, over io_uring, passes every request to a plain
+directory on the same file system with a system call or two and keeps nothing of its own.
+With file data through the daemon (**libfuse-hp**, as lcfs must: lcfs keeps every file in one
+device) it shows what any FUSE file system pays here; with FUSE passthrough
+(**libfuse-hp-pt**) the kernel reads and writes the backing files itself. Its ratios to
+overlayfs are marked against lcfs's targets, medians as above:
+
+EOF
+            libfuse_table
+            echo
+        fi
+        cat <<EOF
 ### Every run
 
 EOF
@@ -603,7 +708,7 @@ EOF
 
 ## The peers
 
-All three keep their backing storage in \`$DIR\`, on the same file system, and start empty
+All peers keep their backing storage in \`$DIR\`, on the same file system, and start empty
 for every run.
 
 * **lcfs**: \`lcfsd run --device $DIR/lcfs/disk.img --size $LCFS_SIZE --mountpoint … --api-socket … ${LCFSD_RUN_ARGS:-}\`
@@ -615,6 +720,7 @@ for every run.
   with an empty lower directory and default options.
 * **fuse-overlayfs**: \`fuse-overlayfs -f -o lowerdir=L,upperdir=U,workdir=W MNT\`, same
   layout, default options.
+$(libfuse_peers)
 
 ## How each step is measured
 
@@ -687,8 +793,8 @@ head -c "$((BIG_MIB * 1048576))" /dev/urandom >"$SHM/big.src"
 ORDERS=
 for RUN in $(seq "$RUNS"); do
     ORDERS="$ORDERS${ORDERS:+; }run $RUN:"
-    for i in 0 1 2; do
-        PEER=${PEERS[$(((RUN - 1 + i) % 3))]}
+    for i in $(seq 0 $((${#PEERS[@]} - 1))); do
+        PEER=${PEERS[$(((RUN - 1 + i) % ${#PEERS[@]}))]}
         ORDERS="$ORDERS $PEER"
         others_cpu_snapshot >"$WORK/cpu-before.txt"
         wall0=$EPOCHREALTIME
