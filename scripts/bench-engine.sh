@@ -138,6 +138,9 @@ rm -f "$DIR/lcfs-seq.img"
 # 6. Write amplification of random 4 KiB overwrites of an inherited file.
 bench rand-overwrite --device mem
 
+# 7. What the activity counters cost: a small-file workload counting and not counting.
+bench counters --device mem
+
 fdatasync_latency 2
 
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)

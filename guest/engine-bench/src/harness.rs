@@ -73,8 +73,13 @@ pub struct BedSpec<'a> {
 }
 
 impl Bed {
-    /// Formats a new device as `spec` says and opens an engine on it.
+    /// Formats a new device as `spec` says and opens an engine on it with [`open_options`].
     pub fn new(spec: &BedSpec<'_>) -> Result<Bed> {
+        Bed::with_options(spec, &open_options())
+    }
+
+    /// As [`Bed::new`], opening the engine with `options`.
+    pub fn with_options(spec: &BedSpec<'_>, options: &OpenOptions) -> Result<Bed> {
         let (raw, path): (Arc<dyn Device>, Option<PathBuf>) = match spec.kind {
             DeviceKind::Mem => (Arc::new(MemDevice::new(spec.size)), None),
             DeviceKind::File => {
@@ -97,7 +102,7 @@ impl Bed {
         };
         Engine::format(&device, &FormatOptions { metadata_bytes: spec.metadata_bytes, ..Default::default() })
             .with_context(|| format!("formatting {label}"))?;
-        let engine = Engine::open(device, &open_options()).with_context(|| format!("opening {label}"))?;
+        let engine = Engine::open(device, options).with_context(|| format!("opening {label}"))?;
         Ok(Bed { engine, counter, label, path, keep: spec.keep })
     }
 }

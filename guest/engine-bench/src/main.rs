@@ -6,6 +6,7 @@
 //! compared with. These are benchmarks, not tests: they report, they do not assert.
 
 mod commit;
+mod counters;
 mod create_layer;
 mod harness;
 mod lookup;
@@ -42,6 +43,8 @@ enum Command {
     SeqRead(seq::ReadArgs),
     /// Write amplification of 4 KiB random overwrites of an inherited file.
     RandOverwrite(overwrite::Args),
+    /// Cost of the activity counters: a small-file workload counting and not counting.
+    Counters(counters::Args),
     /// Every benchmark above with its defaults (no fio: use scripts/bench-engine.sh for that).
     All,
     /// Converts fio's JSON output into a result line.
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         Command::SeqWrite(a) => seq::write(dir, a)?.emit(),
         Command::SeqRead(a) => seq::read(dir, a)?.emit(),
         Command::RandOverwrite(a) => overwrite::run(dir, a)?.emit(),
+        Command::Counters(a) => counters::run(dir, a)?.emit(),
         Command::ImportFio(a) => report::import_fio(a)?.emit(),
         Command::Report(a) => report::report(a),
         Command::All => all(&cli),
@@ -72,13 +76,14 @@ fn all(cli: &Cli) -> Result<()> {
     let alone =
         |sub: &str| format!("lcfs-engine-bench --dir {} {sub}", harness::shell_quote(&dir.display().to_string()));
     let parse = |args: &[&str]| Cli::try_parse_from(["lcfs-engine-bench"].iter().chain(args)).map(|c| c.command);
-    let steps: [&[&str]; 6] = [
+    let steps: [&[&str]; 7] = [
         &["commit"],
         &["create-layer"],
         &["lookup-depth"],
         &["seq-write", "--keep"],
         &["seq-read"],
         &["rand-overwrite"],
+        &["counters"],
     ];
     for step in steps {
         let mut rec = match parse(step)? {
@@ -88,6 +93,7 @@ fn all(cli: &Cli) -> Result<()> {
             Command::SeqWrite(a) => seq::write(dir, &a)?,
             Command::SeqRead(a) => seq::read(dir, &a)?,
             Command::RandOverwrite(a) => overwrite::run(dir, &a)?,
+            Command::Counters(a) => counters::run(dir, &a)?,
             other => anyhow::bail!("not a benchmark: {other:?}"),
         };
         rec.command = alone(&step.join(" "));

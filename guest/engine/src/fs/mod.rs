@@ -75,6 +75,9 @@ pub struct OpenOptions {
     pub verify: bool,
     /// Grow the device to this size (regular files only).
     pub grow_to: Option<u64>,
+    /// Count activity per layer and per file (the source of stats). On by default; off only
+    /// to measure what counting costs (`lcfs-engine-bench counters`).
+    pub counters: bool,
 }
 
 impl Default for OpenOptions {
@@ -85,6 +88,7 @@ impl Default for OpenOptions {
             max_dirty_bytes: 64 << 20,
             verify: true,
             grow_to: None,
+            counters: true,
         }
     }
 }
@@ -117,6 +121,8 @@ struct Shared {
     /// File data was written to the device since the last device sync.
     data_dirty: AtomicBool,
     files: FileCounters,
+    /// [`OpenOptions::counters`].
+    counting: bool,
     max_dirty_bytes: usize,
     checkpointer: Mutex<Option<Checkpointer>>,
 }
@@ -244,6 +250,7 @@ impl Engine {
             failed: AtomicBool::new(false),
             data_dirty: AtomicBool::new(false),
             files: FileCounters::default(),
+            counting: options.counters,
             max_dirty_bytes: options.max_dirty_bytes,
             checkpointer: Mutex::new(None),
         });
@@ -338,7 +345,9 @@ impl Engine {
     fn query<T>(&self, layer: LayerId, op: Op, f: impl FnOnce(&State, &LayerRef) -> Result<T>) -> Result<T> {
         let st = self.read_state()?;
         let l = st.layer(layer)?;
-        l.counters.op(op);
+        if self.shared.counting {
+            l.counters.op(op);
+        }
         let r = f(&st, &l);
         drop(st);
         self.check_fatal(r)
@@ -348,11 +357,20 @@ impl Engine {
     fn change<T>(&self, layer: LayerId, op: Op, f: impl FnOnce(&mut State, &LayerRef) -> Result<T>) -> Result<T> {
         let mut st = self.write_state()?;
         let l = st.writable(layer)?;
-        l.counters.op(op);
+        if self.shared.counting {
+            l.counters.op(op);
+        }
         let r = st.ensure_metadata_room(op).and_then(|()| f(&mut st, &l));
         let r = r.and_then(|v| st.bound_overlay(self.shared.max_dirty_bytes).map(|()| v));
         self.forget_finished(st);
         self.check_fatal(r)
+    }
+
+    /// Updates the counters of one file, if the engine counts.
+    fn count_file(&self, layer: LayerId, ino: Ino, f: impl FnOnce(&mut FileStats)) {
+        if self.shared.counting {
+            self.shared.files.update(layer, ino, f);
+        }
     }
 
     /// Releases the state lock, then drops the file counters of the inodes freed under it, so
@@ -593,12 +611,14 @@ impl Engine {
         let attr = {
             let mut st = self.write_state()?;
             let l = st.layer(layer)?;
-            l.counters.op(Op::Open);
+            if self.shared.counting {
+                l.counters.op(Op::Open);
+            }
             let attr = State::attr(ino, &st.live(&l, ino)?.rec);
             *st.open.entry((layer, ino)).or_insert(0) += 1;
             attr
         };
-        self.shared.files.update(layer, ino, |f| f.opens += 1);
+        self.count_file(layer, ino, |f| f.opens += 1);
         Ok(attr)
     }
 
@@ -623,10 +643,12 @@ impl Engine {
     pub fn read_into(&self, layer: LayerId, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let n = self.query(layer, Op::Read, |st, l| {
             let n = st.read_into(l, ino, offset, buf)?;
-            l.counters.read(n as u64);
+            if self.shared.counting {
+                l.counters.read(n as u64);
+            }
             Ok(n)
         })?;
-        self.shared.files.update(layer, ino, |f| {
+        self.count_file(layer, ino, |f| {
             f.reads += 1;
             f.bytes_read += n as u64;
         });
@@ -653,13 +675,14 @@ impl Engine {
             }
         };
         if r.is_ok()
+            && self.shared.counting
             && let Ok(l) = st.layer(layer)
         {
             l.counters.written(data.len() as u64);
         }
         drop(st);
         self.check_fatal(r)?;
-        self.shared.files.update(layer, ino, |f| {
+        self.count_file(layer, ino, |f| {
             f.writes += 1;
             f.bytes_written += data.len() as u64;
         });

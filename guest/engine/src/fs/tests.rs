@@ -383,6 +383,20 @@ fn counters_record_operations_and_hot_files() {
 }
 
 #[test]
+fn an_engine_opened_without_counters_counts_nothing() {
+    let device: Arc<dyn Device> = Arc::new(MemDevice::new(64 << 20));
+    Engine::format(&device, &FormatOptions::default()).expect("format");
+    let e = Engine::open(device, &OpenOptions { counters: false, ..options() }).expect("open");
+    let l = layer(&e, "l", None);
+    let f = file(&e, l, ROOT_INO, "f", b"data");
+    e.open_file(l, f).expect("open");
+    e.read(l, f, 0, 4).expect("read");
+    let stats = e.layer_stats(l).expect("stats");
+    assert_eq!((stats.total_ops(), stats.bytes_read, stats.bytes_written), (0, 0, 0));
+    assert!(e.hot_files(Some(l), 10).is_empty());
+}
+
+#[test]
 fn a_removed_file_takes_its_counters_with_it() {
     let e = engine();
     let l = layer(&e, "l", None);
