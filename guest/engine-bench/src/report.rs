@@ -378,8 +378,9 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         let ratio = fig(r, "ratio");
         rows.push(Row {
             what: format!(
-                "Activity counters on vs off: a small-file workload in process ({} files a round, 8 engine calls each), ns per call; median of {} paired rounds (their ratios {:.2}–{:.2})",
+                "Activity counters on vs off: a small-file workload in process ({} files a round, {} engine calls each), ns per call; median of {} paired rounds (their ratios {:.2}–{:.2})",
                 param_u64(r, "files_per_round"),
+                param_u64(r, "calls_per_file"),
                 param_u64(r, "rounds"),
                 fig(r, "ratio_min"),
                 fig(r, "ratio_max")
