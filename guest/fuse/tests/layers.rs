@@ -319,11 +319,9 @@ fn posix_acls_are_kept_enforced_and_inherited() {
     fs::create_dir(&sub).expect("mkdir");
     assert_eq!(xattr_get(&sub, "system.posix_acl_default").as_deref(), Some(default.as_slice()));
     // The kernel enforces it: nobody may enter the 0770 directory through the named entry.
-    let out =
-        std::process::Command::new("runuser").args(["-u", "nobody", "--", "ls"]).arg(&dir).output().expect("runuser");
+    let out = support::output(std::process::Command::new("runuser").args(["-u", "nobody", "--", "ls"]).arg(&dir));
     assert!(out.status.success(), "the ACL grants nobody access: {}", String::from_utf8_lossy(&out.stderr));
-    let out =
-        std::process::Command::new("runuser").args(["-u", "tests", "--", "ls"]).arg(&dir).output().expect("runuser");
+    let out = support::output(std::process::Command::new("runuser").args(["-u", "tests", "--", "ls"]).arg(&dir));
     assert!(!out.status.success(), "others are refused");
 }
 
@@ -340,11 +338,11 @@ fn modification_drops_privileges_as_linux_does() {
     assert_eq!(xattr_get(&f, "security.capability"), None);
     assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o6777);
     // Another user writes: set-id bits go too.
-    let out = std::process::Command::new("runuser")
-        .args(["-u", "tests", "--", "sh", "-c"])
-        .arg(format!("echo more >> '{}'", f.display()))
-        .output()
-        .expect("runuser");
+    let out = support::output(
+        std::process::Command::new("runuser")
+            .args(["-u", "tests", "--", "sh", "-c"])
+            .arg(format!("echo more >> '{}'", f.display())),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o0777);
     // A change of owner drops them as well.

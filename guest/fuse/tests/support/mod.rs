@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lcfs_engine::device::{Device, FileDevice};
 use lcfs_engine::{Engine, FormatOptions, LayerKind, OpenOptions};
@@ -87,6 +88,7 @@ impl Mounted {
 
     pub fn unmount(&mut self) {
         if let Some(m) = self.mount.take() {
+            let _no_child_starting = spawn_or_unmount();
             m.unmount().expect("unmount");
         }
     }
@@ -98,9 +100,25 @@ impl Drop for Mounted {
     }
 }
 
+/// Tests run in parallel threads of one process, and a child process holds a copy of every
+/// descriptor of that process until it execs: a child one test starts can keep a file another
+/// test just closed open, and that test's unmount then fails with `EBUSY`. Starting a child
+/// and unmounting therefore take turns.
+static SPAWN_OR_UNMOUNT: Mutex<()> = Mutex::new(());
+
+fn spawn_or_unmount() -> MutexGuard<'static, ()> {
+    SPAWN_OR_UNMOUNT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `command` to completion and returns its output (see [`SPAWN_OR_UNMOUNT`]).
+pub fn output(command: &mut Command) -> Output {
+    let _no_unmount = spawn_or_unmount();
+    command.output().unwrap_or_else(|e| panic!("run {command:?}: {e}"))
+}
+
 /// Runs a shell command, panicking with its output if it fails.
 pub fn sh(script: &str, cwd: &Path) -> String {
-    let out = std::process::Command::new("sh").arg("-c").arg(script).current_dir(cwd).output().expect("run sh");
+    let out = output(Command::new("sh").arg("-c").arg(script).current_dir(cwd));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "`{script}` failed:\n{text}");
     text
