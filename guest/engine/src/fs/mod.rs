@@ -345,9 +345,7 @@ impl Engine {
     fn query<T>(&self, layer: LayerId, op: Op, f: impl FnOnce(&State, &LayerRef) -> Result<T>) -> Result<T> {
         let st = self.read_state()?;
         let l = st.layer(layer)?;
-        if self.shared.counting {
-            l.counters.op(op);
-        }
+        self.count_op(&l, op);
         let r = f(&st, &l);
         drop(st);
         self.check_fatal(r)
@@ -357,13 +355,18 @@ impl Engine {
     fn change<T>(&self, layer: LayerId, op: Op, f: impl FnOnce(&mut State, &LayerRef) -> Result<T>) -> Result<T> {
         let mut st = self.write_state()?;
         let l = st.writable(layer)?;
-        if self.shared.counting {
-            l.counters.op(op);
-        }
+        self.count_op(&l, op);
         let r = st.ensure_metadata_room(op).and_then(|()| f(&mut st, &l));
         let r = r.and_then(|v| st.bound_overlay(self.shared.max_dirty_bytes).map(|()| v));
         self.forget_finished(st);
         self.check_fatal(r)
+    }
+
+    /// Counts one operation on a layer, if the engine counts.
+    fn count_op(&self, l: &LayerRef, op: Op) {
+        if self.shared.counting {
+            l.counters.op(op);
+        }
     }
 
     /// Updates the counters of one file, if the engine counts.
@@ -611,9 +614,7 @@ impl Engine {
         let attr = {
             let mut st = self.write_state()?;
             let l = st.layer(layer)?;
-            if self.shared.counting {
-                l.counters.op(Op::Open);
-            }
+            self.count_op(&l, Op::Open);
             let attr = State::attr(ino, &st.live(&l, ino)?.rec);
             *st.open.entry((layer, ino)).or_insert(0) += 1;
             attr
