@@ -2,8 +2,24 @@
 # Installs what the end-to-end tests need beyond the Rust toolchain: pjdfstest (the POSIX file
 # system test suite) and the unprivileged user it switches to; containerd, runc and
 # busybox-static from Debian's packages (the snapshotter's tests run a private containerd and
-# build their images from busybox). Safe to run again.
+# build their images from busybox); rustfmt and clippy where the toolchain lacks them. Safe to
+# run again; installs nothing that is already there. scripts/test.sh runs it first.
 set -euo pipefail
+
+die() { printf 'install-test-deps.sh: %s\n' "$*" >&2; exit 1; }
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo is not installed: this project needs a Rust toolchain (1.95 or later), e.g. from rustup"
+[ "$(id -u)" = 0 ] ||
+    die "run as root (sudo $0): the tests mount FUSE file systems and run containerd, and this installs packages"
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: the tests expect a Debian or Ubuntu machine"
+
+# rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null 2>&1 || die "cargo $component is missing and rustup is not there to add it"
+        rustup component add "$component"
+    fi
+done
 
 PJDFSTEST_VERSION=0.2.2
 
