@@ -1,74 +1,50 @@
-//! Requests read from `/dev/fuse` by fuser's session: each is handed to the operation of the
-//! same name in `fs` and answered exactly once.
+//! The `/dev/fuse` transport. fuser mounts and negotiates the connection (INIT, answered by
+//! [`Negotiation`]); from then on lcfs's own threads ([`Readers`]) read requests from the
+//! descriptor and answer them with the decoder both transports share (`dispatch`).
 //!
-//! This path negotiates the connection (INIT) and serves everything until the io_uring queues
-//! (`uring`) are registered; after that it only sees what the kernel never sends over io_uring
-//! (FORGET and INTERRUPT, both answered by fuser itself).
+//! Where the kernel carries requests over io_uring (`uring`), this descriptor still brings what
+//! the kernel never sends through the queues: FORGET and INTERRUPT. On older kernels, or when
+//! the queues could not register, it brings everything.
+//!
+//! **Interrupts.** When a caller waiting on a request gets a signal, the kernel sends one
+//! INTERRUPT for it (Go programs signal their threads for preemption all the time). lcfs never
+//! cancels a request, and the kernel learns that from one `ENOSYS` answer to an INTERRUPT, but
+//! only if the interrupted request is still waiting for its own answer on this descriptor
+//! (`fuse_dev_do_write` looks the request up among those read from it); an answer that finds
+//! nothing fails with `ENOENT`. So the readers keep the requests they are serving in a set, and
+//! answer an INTERRUPT only while its request is in it, holding the set's lock so that the
+//! request's own answer cannot overtake the `ENOSYS`. The first such answer ends interrupts for
+//! the connection, and the set is no longer kept. Every other INTERRUPT gets no answer, which
+//! the protocol allows: its request was answered already, or it is served over io_uring, where
+//! the kernel has no way to find it from here (`docs/design/fuse.md`). No answer ever fails.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::collections::HashSet;
+use std::io::{self, IoSlice};
+use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
-use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
-};
-use lcfs_engine::{SetAttr, SetTime, Timestamp};
-use tracing::debug;
+use fuser::{Errno, Filesystem, InitFlags, KernelConfig, Request};
+use nix::errno::Errno as SysErrno;
+use tracing::{debug, error, warn};
+use zerocopy::{FromBytes, IntoBytes};
 
-use crate::fs::{Caller, LcfsFs, MAX_IO, OPEN_FLAGS, XattrAnswer};
+use crate::abi::{self, InHeader, InterruptIn, OutHeader, opcode};
+use crate::dispatch::{self, Page};
+use crate::fs::{LcfsFs, MAX_IO};
 
-/// Generation of every inode: numbers are never reused (layer ids and inode numbers only
-/// grow), so one generation is enough.
-pub(crate) const GENERATION: Generation = Generation(0);
-
-/// The FUSE connection's settings, negotiated at INIT.
+/// Answers INIT: the capabilities lcfs asks of the kernel.
 #[derive(Debug)]
-pub(crate) struct Session {
+pub(crate) struct Negotiation {
     pub(crate) fs: Arc<LcfsFs>,
     /// Offer FUSE over io_uring (the `uring` queues register once INIT is done).
     pub(crate) io_uring: bool,
 }
 
-fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
-}
-
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(Timestamp::from(t)),
-    }
-}
-
-fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
-fn entry(reply: ReplyEntry, r: Result<fuser::FileAttr, Errno>) {
-    match r {
-        Ok(attr) => reply.entry(&crate::attr::FILE_TTL, &attr, GENERATION),
-        Err(e) => reply.error(e),
-    }
-}
-
-fn xattr(reply: ReplyXattr, r: Result<XattrAnswer, Errno>) {
-    match r {
-        Ok(XattrAnswer::Size(n)) => reply.size(n),
-        Ok(XattrAnswer::Data(d)) => reply.data(&d),
-        Err(e) => reply.error(e),
-    }
-}
-
-impl Filesystem for Session {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+impl Filesystem for Negotiation {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let wanted = [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -102,310 +78,248 @@ impl Filesystem for Session {
         let _ = config.set_congestion_threshold(48);
         Ok(())
     }
+}
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent, name.as_bytes()) {
-            Ok(e) => reply.entry(&e.ttl, &e.attr, GENERATION),
-            Err(e) => reply.error(e),
-        }
-    }
+/// How often the kernel interrupted a request, and how lcfs answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterruptCounts {
+    /// INTERRUPTs read from `/dev/fuse`.
+    pub received: u64,
+    /// INTERRUPTs answered with `ENOSYS` (at most one per connection: it ends them).
+    pub answered: u64,
+}
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino) {
-            Ok(e) => reply.attr(&e.ttl, &e.attr),
-            Err(e) => reply.error(e),
-        }
-    }
+/// The threads reading `/dev/fuse`.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
 
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let set = SetAttr {
-            perm: mode.map(|m| (m & 0o7777) as u16),
-            uid,
-            gid,
-            size,
-            atime: atime.map(set_time),
-            mtime: mtime.map(set_time),
-            ctime: ctime.map(Timestamp::from),
-        };
-        match self.fs.setattr(caller(req), ino, &set) {
-            Ok(e) => reply.attr(&e.ttl, &e.attr),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        entry(reply, self.fs.mknod(caller(req), parent, name.as_bytes(), mode, umask, rdev));
-    }
-
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        entry(reply, self.fs.mkdir(caller(req), parent, name.as_bytes(), mode, umask));
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.unlink(parent, name.as_bytes()));
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.rmdir(parent, name.as_bytes()));
-    }
-
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        entry(reply, self.fs.symlink(caller(req), parent, link_name.as_bytes(), target.as_os_str().as_bytes()));
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        empty(reply, self.fs.rename(parent, name.as_bytes(), newparent, newname.as_bytes(), flags.bits()));
-    }
-
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.fs.link(ino, newparent, newname.as_bytes()));
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino, flags.0) {
-            Ok(fh) => reply.opened(fh, OPEN_FLAGS),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        READ_BUFFER.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let size = size.min(MAX_IO) as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            match self.fs.read(ino, offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(e),
-            }
+impl Readers {
+    /// Starts `threads` threads serving the connection `dev` (after INIT).
+    pub(crate) fn start(fs: Arc<LcfsFs>, dev: OwnedFd, threads: usize) -> io::Result<Readers> {
+        let shared = Arc::new(Shared {
+            fs,
+            dev,
+            interrupts: Interrupts::default(),
+            served: AtomicU64::new(0),
+            failed_replies: AtomicU64::new(0),
         });
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        match self.fs.write(ino, offset, data, write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
+        let mut readers = Readers { threads: Vec::new(), shared };
+        for n in 0..threads.max(1) {
+            let shared = readers.shared.clone();
+            let thread = std::thread::Builder::new().name(format!("lcfs-fuse-{n}")).spawn(move || shared.run())?;
+            readers.threads.push(thread);
         }
+        Ok(readers)
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing is buffered here; ENOSYS tells the kernel never to send FLUSH again.
-        reply.error(Errno::ENOSYS);
+    /// Requests answered through `/dev/fuse` so far (INIT, FORGET and INTERRUPT not counted).
+    pub(crate) fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.release(fh);
-        reply.ok();
+    pub(crate) fn interrupts(&self) -> InterruptCounts {
+        let i = &self.shared.interrupts;
+        InterruptCounts { received: i.received.load(Ordering::Relaxed), answered: i.answered.load(Ordering::Relaxed) }
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.fs.fsync(ino));
+    /// Answers the kernel refused.
+    pub(crate) fn failed_replies(&self) -> u64 {
+        self.shared.failed_replies.load(Ordering::Relaxed)
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino) {
-            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listing = match self.fs.listing(fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        for (next, item) in listing.entries_after(offset) {
-            if reply.add(item.ino, next, item.kind, &item.name) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let listing = match self.fs.listing(fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        for (next, item) in listing.entries_after(offset) {
-            // An entry removed since the snapshot is skipped; the kernel will not see it.
-            let Ok(e) = self.fs.getattr(item.ino) else { continue };
-            if reply.add(item.ino, next, &item.name, &e.ttl, &e.attr, GENERATION) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.fs.release(fh);
-        reply.ok();
-    }
-
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.fs.fsync(ino));
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks,
-                s.blocks_free,
-                s.blocks_free,
-                s.files,
-                s.files_free,
-                s.block_size,
-                s.name_max,
-                s.block_size,
-            ),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        position: u32,
-        reply: ReplyEmpty,
-    ) {
-        empty(reply, self.fs.setxattr(ino, name.as_bytes(), value, flags, position));
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr(reply, self.fs.getxattr(ino, name.as_bytes(), size));
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr(reply, self.fs.listxattr(ino, size));
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.removexattr(ino, name.as_bytes()));
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        empty(reply, self.fs.access(ino, mask.bits()));
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        match self.fs.create(caller(req), parent, name.as_bytes(), mode, umask, flags) {
-            Ok((attr, fh)) => reply.created(&crate::attr::FILE_TTL, &attr, GENERATION, fh, OPEN_FLAGS),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn fallocate(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        empty(reply, self.fs.fallocate(caller(req), ino, offset, length, mode));
-    }
-
-    fn copy_file_range(
-        &self,
-        req: &Request,
-        ino_in: INodeNo,
-        _fh_in: FileHandle,
-        offset_in: u64,
-        ino_out: INodeNo,
-        _fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        match self.fs.copy_file_range(caller(req), (ino_in, offset_in), (ino_out, offset_out), len) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
+    /// Waits for the threads, which end when the connection does.
+    pub(crate) fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
         }
     }
 }
 
-thread_local! {
-    /// Read buffer reused by each request thread (a fresh 1 MiB buffer per read costs page
-    /// faults).
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+#[derive(Debug)]
+struct Shared {
+    fs: Arc<LcfsFs>,
+    dev: OwnedFd,
+    interrupts: Interrupts,
+    served: AtomicU64,
+    failed_replies: AtomicU64,
+}
+
+/// What the readers know of the kernel's interrupts (see the module docs).
+#[derive(Debug, Default)]
+struct Interrupts {
+    /// Set once an `ENOSYS` answer has found its request: the kernel sends no more.
+    kernel_told: AtomicBool,
+    /// Requests read from `/dev/fuse` and not answered yet, kept until `kernel_told`.
+    in_flight: Mutex<HashSet<u64>>,
+    received: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Interrupts {
+    /// Notes that request `unique` is being served; true if it must be [`Self::done`] later.
+    fn serving(&self, unique: u64) -> bool {
+        if self.kernel_told.load(Ordering::Acquire) {
+            return false;
+        }
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(unique);
+        true
+    }
+
+    /// Notes that request `unique` is about to be answered. From here on an `ENOSYS` for it
+    /// could arrive after its answer, so it is no longer answered.
+    fn done(&self, unique: u64) {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&unique);
+    }
+}
+
+/// Size of `fuse_in_header`.
+const IN_HEADER: usize = size_of::<InHeader>();
+/// Where a `WRITE`'s data starts in a request.
+const WRITE_DATA_OFFSET: usize = IN_HEADER + size_of::<abi::WriteIn>();
+
+/// Room for the largest request (a `WRITE` of `MAX_IO` bytes) and the largest answer. Reads
+/// start `WRITE_DATA_OFFSET` bytes before a page boundary, so written data lands page-aligned,
+/// as it does over io_uring.
+struct RequestBuf {
+    pages: Box<[Page]>,
+}
+
+impl RequestBuf {
+    fn new() -> RequestBuf {
+        RequestBuf { pages: vec![Page::ZERO; MAX_IO as usize / 4096 + 1].into_boxed_slice() }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.pages.as_mut_bytes()[4096 - WRITE_DATA_OFFSET..]
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        let mut buf = RequestBuf::new();
+        loop {
+            let bytes = buf.bytes();
+            let len = match nix::unistd::read(&self.dev, bytes) {
+                Ok(len) => len,
+                // ENOENT: the request was gone by the time it was copied; try the next.
+                Err(SysErrno::EINTR | SysErrno::EAGAIN | SysErrno::ENOENT) => continue,
+                Err(SysErrno::ENODEV | SysErrno::ECONNABORTED) => {
+                    debug!("FUSE connection closed; /dev/fuse reader ends");
+                    return;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot read FUSE requests from /dev/fuse; this reader ends");
+                    return;
+                }
+            };
+            self.handle(bytes, len);
+        }
+    }
+
+    /// Serves the request in the first `len` bytes of `buf`, and answers it if it wants one.
+    fn handle(&self, buf: &mut [u8], len: usize) {
+        let Some(header) = buf.get(..len).and_then(|b| InHeader::read_from_prefix(b).ok()).map(|(h, _)| h) else {
+            warn!(len, "a FUSE request shorter than its header; ignored");
+            return;
+        };
+        match header.opcode {
+            // lcfs keeps no lookup counts: inode numbers are the engine's, never reused. A
+            // NOTIFY_REPLY would answer a retrieve lcfs never asks for. None wants an answer.
+            opcode::FORGET | opcode::BATCH_FORGET | opcode::NOTIFY_REPLY => return,
+            opcode::INTERRUPT => return self.interrupt(&header, &buf[IN_HEADER..len]),
+            // Sent on unmount of block-device-backed mounts only; nothing to tear down here.
+            opcode::DESTROY => {
+                self.reply(header.unique, Ok(0), &[]);
+                return;
+            }
+            _ => {}
+        }
+        let fixed = abi::fixed_arg_len(header.opcode).min(len - IN_HEADER);
+        let (head, payload) = buf.split_at_mut(IN_HEADER + fixed);
+        let op_in = &head[IN_HEADER..];
+        let payload_in = len - IN_HEADER - fixed;
+        let tracked = self.interrupts.serving(header.unique);
+        let result = catch_unwind(AssertUnwindSafe(|| dispatch::serve(&self.fs, &header, op_in, payload, payload_in)))
+            .unwrap_or_else(|_| {
+                error!(opcode = header.opcode, "a FUSE request handler panicked; answering EIO");
+                Err(Errno::EIO)
+            });
+        if tracked {
+            self.interrupts.done(header.unique);
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.reply(header.unique, result, payload);
+    }
+
+    /// Answers an INTERRUPT with `ENOSYS` if its request is still being served here; see the
+    /// module docs.
+    fn interrupt(&self, header: &InHeader, arg: &[u8]) {
+        let interrupts = &self.interrupts;
+        interrupts.received.fetch_add(1, Ordering::Relaxed);
+        let Ok((target, _)) = InterruptIn::read_from_prefix(arg) else { return };
+        let in_flight = interrupts.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if !in_flight.contains(&target.unique) {
+            return;
+        }
+        // The lock keeps the request's own answer back until this one is written.
+        if self.reply(header.unique, Err(Errno::ENOSYS), &[]) {
+            interrupts.answered.fetch_add(1, Ordering::Relaxed);
+            if !interrupts.kernel_told.swap(true, Ordering::AcqRel) {
+                debug!("told the kernel that lcfs does not cancel requests; it sends no more interrupts");
+            }
+        }
+        drop(in_flight);
+    }
+
+    /// Writes the answer to request `unique`: `Ok(n)` with the first `n` bytes of `payload`,
+    /// or an errno. Returns whether the kernel took it.
+    fn reply(&self, unique: u64, result: Result<usize, Errno>, payload: &[u8]) -> bool {
+        let (error, len) = match result {
+            Ok(len) => (0, len.min(payload.len())),
+            Err(e) => (-e.code(), 0),
+        };
+        let out = OutHeader { len: (size_of::<OutHeader>() + len) as u32, error, unique };
+        let iov = [IoSlice::new(out.as_bytes()), IoSlice::new(&payload[..len])];
+        match nix::sys::uio::writev(&self.dev, &iov) {
+            Ok(_) => true,
+            Err(e) => {
+                self.failed_replies.fetch_add(1, Ordering::Relaxed);
+                match e {
+                    SysErrno::ENODEV | SysErrno::ECONNABORTED => {
+                        debug!(unique, "the FUSE connection ended before an answer was written")
+                    }
+                    _ => error!(unique, error = %e, "the kernel refused a FUSE answer"),
+                }
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_data_lands_page_aligned() {
+        let mut buf = RequestBuf::new();
+        let bytes = buf.bytes();
+        assert_eq!(bytes[WRITE_DATA_OFFSET..].as_ptr() as usize % 4096, 0);
+        assert!(bytes.len() >= WRITE_DATA_OFFSET + MAX_IO as usize, "room for the largest WRITE");
+    }
+
+    #[test]
+    fn requests_are_tracked_only_until_the_kernel_is_told() {
+        let i = Interrupts::default();
+        assert!(i.serving(2));
+        assert!(i.in_flight.lock().expect("lock").contains(&2));
+        i.done(2);
+        assert!(i.in_flight.lock().expect("lock").is_empty());
+        i.kernel_told.store(true, Ordering::Release);
+        assert!(!i.serving(4));
+        assert!(i.in_flight.lock().expect("lock").is_empty());
+    }
 }

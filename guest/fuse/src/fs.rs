@@ -1,6 +1,6 @@
 //! The file system's operations, one per FUSE request, free of any transport: the requests
-//! fuser reads from `/dev/fuse` (`dev_fuse`) and those the kernel hands over io_uring
-//! (`uring`) are decoded there and land here.
+//! read from `/dev/fuse` (`dev_fuse`) and those the kernel hands over io_uring (`uring`) are
+//! decoded by `dispatch` and land here.
 //!
 //! The mount root lists one directory per layer (`<mountpoint>/<layer name>`); below it each
 //! request names a (layer, inode) pair through its FUSE number (see `inode`). Permission checks

@@ -4,13 +4,16 @@
 //! committed layers and views are read-only, a writable layer's directory is a container's root
 //! file system. Requests are served straight into the engine, whose counters therefore see
 //! every operation: over io_uring, by threads pinned to each CPU (`uring`), where the kernel
-//! offers it, and otherwise by fuser's multi-threaded session reading `/dev/fuse`
-//! (`dev_fuse`), which also negotiates the connection. Design and measurements:
+//! offers it, and otherwise by threads reading `/dev/fuse` (`dev_fuse`), after fuser has
+//! mounted and negotiated the connection. Both transports decode requests with one decoder
+//! (`dispatch`, over the kernel's structures in `abi`). Design and measurements:
 //! `docs/design/fuse.md`.
 
+mod abi;
 mod acl;
 mod attr;
 mod dev_fuse;
+mod dispatch;
 mod fs;
 mod inode;
 mod uring;
@@ -20,10 +23,11 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{BackgroundSession, Config, MountOption, Notifier, Session, SessionACL};
+use fuser::{Config, MountOption, Notifier, Session, SessionACL};
 use lcfs_engine::Engine;
 use tracing::{info, warn};
 
+pub use dev_fuse::InterruptCounts;
 use fs::LcfsFs;
 
 /// How to mount.
@@ -56,7 +60,10 @@ impl Default for MountOptions {
 /// A mounted file system, served by background threads until [`Mount::unmount`] (or drop).
 #[derive(Debug)]
 pub struct Mount {
-    session: BackgroundSession,
+    /// fuser's session, never run: it owns the mount (dropping it unmounts) and the
+    /// descriptor the notifier writes to.
+    session: Session<dev_fuse::Negotiation>,
+    readers: dev_fuse::Readers,
     queues: Option<uring::Queues>,
     notifier: Notifier,
     mountpoint: PathBuf,
@@ -101,16 +108,33 @@ impl Mount {
         self.queues.as_ref().map_or(0, uring::Queues::served)
     }
 
+    /// Requests answered through `/dev/fuse` so far.
+    pub fn dev_fuse_requests(&self) -> u64 {
+        self.readers.served()
+    }
+
+    /// The kernel's INTERRUPTs so far, and how many were answered.
+    pub fn interrupts(&self) -> InterruptCounts {
+        self.readers.interrupts()
+    }
+
+    /// Answers to requests the kernel refused so far (over `/dev/fuse`; 0 when all is well).
+    pub fn failed_replies(&self) -> u64 {
+        self.readers.failed_replies()
+    }
+
     /// Unmounts and waits for the serving threads to finish.
     pub fn unmount(self) -> io::Result<()> {
         info!(mountpoint = %self.mountpoint.display(), "unmounting");
-        let unmounted = self.session.umount_and_join();
-        // A mount still in use stays, and so does its connection: its queue threads go on
-        // serving it and end with it.
-        if unmounted.is_ok()
-            && let Some(queues) = self.queues
-        {
-            queues.join();
+        let Mount { mut session, readers, queues, .. } = self;
+        let unmounted = session.unmount();
+        // A mount still in use stays, and so does its connection: its threads go on serving
+        // it and end with it.
+        if unmounted.is_ok() {
+            readers.join();
+            if let Some(queues) = queues {
+                queues.join();
+            }
         }
         unmounted
     }
@@ -128,14 +152,6 @@ pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::R
         MountOption::RW,
     ];
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
-    config.n_threads = Some(options.threads.max(1));
-    // One descriptor shared by every thread, not one cloned per thread: the kernel looks a
-    // reply up among the requests read from the descriptor it is written to. fuser answers
-    // every INTERRUPT with ENOSYS, which makes the kernel stop sending them, but only if that
-    // answer finds the interrupted request; on cloned descriptors it almost never does, and
-    // each signal to a waiting caller (Go's preemption signal, in containerd and runc) costs
-    // a round trip and an error line. On 2 CPUs sharing changed nothing measurable.
-    config.clone_fd = false;
     let fs = Arc::new(LcfsFs::new(engine, options.writeback_cache));
     // The queues' rings exist before INIT offers io_uring: once the kernel agrees, it holds
     // every request until each queue has registered.
@@ -148,18 +164,21 @@ pub fn mount(engine: Engine, mountpoint: &Path, options: &MountOptions) -> io::R
     };
     let io_uring = queues.is_some();
     // Session::new returns once INIT is answered, so the queues can register right away.
-    let session = Session::new(dev_fuse::Session { fs, io_uring }, mountpoint, &config)?;
+    let session = Session::new(dev_fuse::Negotiation { fs: fs.clone(), io_uring }, mountpoint, &config)?;
     let notifier = session.notifier();
-    let dev = if io_uring { Some(session.as_fd().try_clone_to_owned()?) } else { None };
-    let session = session.spawn()?;
-    if let (Some(queues), Some(dev)) = (queues.as_mut(), dev) {
-        queues.start(dev);
+    // Every reader shares one descriptor, not one cloned each: the kernel looks an answer up
+    // among the requests read from the descriptor it is written to, and an INTERRUPT's
+    // answer must find its request (`dev_fuse`).
+    let dev = session.as_fd().try_clone_to_owned()?;
+    if let Some(queues) = queues.as_mut() {
+        queues.start(dev.try_clone()?);
     }
+    let readers = dev_fuse::Readers::start(fs, dev, options.threads)?;
     if let Err(e) = set_readahead(mountpoint, options.readahead_kb) {
         warn!(error = %e, "could not set the readahead window; cold sequential reads will be slower");
     }
     info!(mountpoint = %mountpoint.display(), threads = options.threads, io_uring, "mounted");
-    Ok(Mount { session, queues, notifier, mountpoint: mountpoint.to_path_buf() })
+    Ok(Mount { session, readers, queues, notifier, mountpoint: mountpoint.to_path_buf() })
 }
 
 /// The kernel parameter that lets FUSE connections use io_uring (off by default).

@@ -11,11 +11,9 @@
 //! create their rings first; INIT offers `FUSE_OVER_IO_URING` only if all of them could, since
 //! from then on the kernel holds every request until each CPU's queue has registered a ring
 //! entry (a header and a payload buffer). Then it sends all requests through the queues;
-//! FORGET and INTERRUPT keep going to `/dev/fuse`. If the kernel does not offer io_uring (too
+//! FORGET and INTERRUPT keep going to `/dev/fuse` (`dev_fuse`). If the kernel does not offer io_uring (too
 //! old, or `fuse.enable_uring` off) or refuses a registration, `/dev/fuse` serves everything.
 
-mod abi;
-mod dispatch;
 mod queue;
 
 pub(crate) use queue::Queues;

@@ -13,22 +13,16 @@ use std::time::{Duration, Instant};
 use fuser::Errno;
 use io_uring::{EnterFlags, IoUring, cqueue, opcode, squeue, types};
 use tracing::{debug, error, info};
-use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use super::abi::{self, CMD_COMMIT_AND_FETCH, CMD_REGISTER, RingHeaders, UringCmdReq};
-use super::dispatch;
+use crate::abi::{self, CMD_COMMIT_AND_FETCH, CMD_REGISTER, RingHeaders, UringCmdReq};
+use crate::dispatch::{self, Page};
 use crate::fs::{LcfsFs, MAX_IO};
 
 /// How long a thread keeps registering while the kernel has not finished INIT (`EAGAIN`).
 const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
-
-/// A page-aligned piece of a payload buffer (written data arrives aligned, ready for
-/// `O_DIRECT`).
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
 
 /// The threads serving the queues of one mount.
 #[derive(Debug)]
@@ -142,7 +136,7 @@ impl Slot {
     fn new() -> Slot {
         Slot {
             headers: Box::new(RingHeaders::new_zeroed()),
-            payload: vec![Page([0; 4096]); MAX_IO as usize / 4096].into_boxed_slice(),
+            payload: vec![Page::ZERO; MAX_IO as usize / 4096].into_boxed_slice(),
         }
     }
 

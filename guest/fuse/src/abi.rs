@@ -1,10 +1,10 @@
-//! The kernel's FUSE structures that the io_uring transport reads and writes (from
-//! `include/uapi/linux/fuse.h`, protocol 7.42 and later): the ring entry's header buffer, the
-//! command in the SQE, and the per-operation arguments of the operations lcfs serves.
+//! The kernel's FUSE structures (from `include/uapi/linux/fuse.h`) that lcfs reads and writes
+//! on both transports: request and reply headers, the per-operation arguments of the
+//! operations lcfs serves, and for io_uring (protocol 7.42 and later) the ring entry's header
+//! buffer and the command in the SQE.
 //!
-//! Only what crosses the ring is here. INIT, FORGET and INTERRUPT never do: fuser handles them
-//! on `/dev/fuse`. Every structure is plain old data, read and written with zerocopy; the
-//! tests pin the sizes the kernel expects.
+//! INIT is left to fuser, which negotiates the connection. Every structure is plain old data,
+//! read and written with zerocopy; the tests pin the sizes the kernel expects.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -21,6 +21,7 @@ pub(crate) const CMD_COMMIT_AND_FETCH: u32 = 2;
 /// Operation codes (`enum fuse_opcode`).
 pub(crate) mod opcode {
     pub(crate) const LOOKUP: u32 = 1;
+    pub(crate) const FORGET: u32 = 2;
     pub(crate) const GETATTR: u32 = 3;
     pub(crate) const SETATTR: u32 = 4;
     pub(crate) const READLINK: u32 = 5;
@@ -48,11 +49,49 @@ pub(crate) mod opcode {
     pub(crate) const FSYNCDIR: u32 = 30;
     pub(crate) const ACCESS: u32 = 34;
     pub(crate) const CREATE: u32 = 35;
+    pub(crate) const INTERRUPT: u32 = 36;
+    pub(crate) const DESTROY: u32 = 38;
+    pub(crate) const NOTIFY_REPLY: u32 = 41;
+    pub(crate) const BATCH_FORGET: u32 = 42;
     pub(crate) const FALLOCATE: u32 = 43;
     pub(crate) const READDIRPLUS: u32 = 44;
     pub(crate) const RENAME2: u32 = 45;
     pub(crate) const COPY_FILE_RANGE: u32 = 47;
     pub(crate) const TMPFILE: u32 = 51;
+}
+
+/// Size of an operation's fixed argument, the first of its arguments (`struct fuse_*_in`),
+/// which names, paths and written data follow. Over `/dev/fuse` a request's arguments arrive
+/// back to back after its header; over io_uring the kernel puts this one in the entry's
+/// `op_in` area and the rest in the payload buffer. Zero for operations without one (the
+/// kernel sends an empty first argument for them since Linux 6.14).
+pub(crate) fn fixed_arg_len(opcode: u32) -> usize {
+    use opcode::*;
+    match opcode {
+        SETATTR => size_of::<SetattrIn>(),
+        MKNOD => size_of::<MknodIn>(),
+        MKDIR => size_of::<MkdirIn>(),
+        RENAME => size_of::<RenameIn>(),
+        RENAME2 => size_of::<Rename2In>(),
+        LINK => size_of::<LinkIn>(),
+        OPEN | OPENDIR => size_of::<OpenIn>(),
+        READ | READDIR | READDIRPLUS => size_of::<ReadIn>(),
+        WRITE => size_of::<WriteIn>(),
+        RELEASE | RELEASEDIR => size_of::<ReleaseIn>(),
+        SETXATTR => size_of::<SetxattrIn>(),
+        GETXATTR | LISTXATTR => size_of::<GetxattrIn>(),
+        ACCESS => size_of::<AccessIn>(),
+        CREATE | TMPFILE => size_of::<CreateIn>(),
+        FALLOCATE => size_of::<FallocateIn>(),
+        COPY_FILE_RANGE => size_of::<CopyFileRangeIn>(),
+        INTERRUPT => size_of::<InterruptIn>(),
+        // `fuse_getattr_in`, `fuse_fsync_in`, `fuse_flush_in`, `fuse_forget_in` and
+        // `fuse_batch_forget_in`: lcfs reads none of their fields.
+        GETATTR | FSYNC | FSYNCDIR => 16,
+        FLUSH => 24,
+        FORGET | BATCH_FORGET => 8,
+        _ => 0,
+    }
 }
 
 /// `SETATTR` validity bits (`FATTR_*`).
@@ -118,6 +157,13 @@ pub(crate) struct InHeader {
     pub(crate) pid: u32,
     pub(crate) total_extlen: u16,
     pub(crate) padding: u16,
+}
+
+/// `struct fuse_interrupt_in`: the `unique` of the interrupted request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(crate) struct InterruptIn {
+    pub(crate) unique: u64,
 }
 
 /// `struct fuse_out_header`.
@@ -417,5 +463,31 @@ mod tests {
         assert_eq!(size_of::<CreateIn>(), 16);
         assert_eq!(size_of::<FallocateIn>(), 32);
         assert_eq!(size_of::<CopyFileRangeIn>(), 56);
+        assert_eq!(size_of::<InterruptIn>(), 8);
+    }
+
+    #[test]
+    fn fixed_arguments_have_the_sizes_the_kernel_sends() {
+        // From fs/fuse: the size of each operation's `in_args[0]`.
+        for (op, len) in [
+            (opcode::LOOKUP, 0),
+            (opcode::GETATTR, 16),
+            (opcode::SETATTR, 88),
+            (opcode::SYMLINK, 0),
+            (opcode::MKNOD, 16),
+            (opcode::MKDIR, 8),
+            (opcode::RENAME2, 16),
+            (opcode::OPEN, 8),
+            (opcode::READ, 40),
+            (opcode::WRITE, 40),
+            (opcode::RELEASE, 24),
+            (opcode::SETXATTR, 8),
+            (opcode::CREATE, 16),
+            (opcode::FLUSH, 24),
+            (opcode::COPY_FILE_RANGE, 56),
+            (opcode::INTERRUPT, 8),
+        ] {
+            assert_eq!(fixed_arg_len(op), len, "opcode {op}");
+        }
     }
 }

@@ -1,19 +1,33 @@
-//! Decodes a request taken from a ring entry, runs the operation in `fs`, and encodes the
-//! answer into the same entry.
+//! Decodes a request, runs the operation in `fs`, and encodes the answer over the request's
+//! buffer: the one decoder of both transports (`dev_fuse` and `uring`).
 //!
-//! The kernel puts a request's fixed argument in the header buffer (`op_in`) and the rest
-//! (names, written data) in the payload buffer; the answer's arguments go back through the
-//! payload buffer. The payload is read completely before the answer is written over it.
+//! A request comes as its header, its fixed argument (`op_in`, see [`abi::fixed_arg_len`])
+//! and the rest (names, written data) at the start of a payload buffer; the answer's
+//! arguments go back through the payload buffer. The payload is read completely before the
+//! answer is written over it.
 
 use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
 use lcfs_engine::{SetAttr, SetTime, Timestamp};
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::abi::{self, fattr, opcode};
-use crate::dev_fuse::GENERATION;
+use crate::abi::{self, fattr, opcode};
 use crate::fs::{Caller, Entry, LcfsFs, MAX_IO, OPEN_FLAGS, XattrAnswer};
+
+/// Generation of every inode: numbers are never reused (layer ids and inode numbers only
+/// grow), so one generation is enough.
+const GENERATION: u64 = 0;
+
+/// A page-aligned piece of a request buffer: written data that arrives aligned goes to the
+/// device with `O_DIRECT` without being copied first.
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C, align(4096))]
+pub(crate) struct Page([u8; 4096]);
+
+impl Page {
+    pub(crate) const ZERO: Page = Page([0; 4096]);
+}
 
 /// Runs one request. `payload` is the entry's payload buffer, of which the first `payload_in`
 /// bytes came with the request; returns how many bytes of answer it now holds.
@@ -284,7 +298,7 @@ fn entry_out(e: &Entry) -> abi::EntryOut {
     let (valid, valid_nsec) = split_duration(e.ttl);
     abi::EntryOut {
         nodeid: e.attr.ino.0,
-        generation: GENERATION.0,
+        generation: GENERATION,
         entry_valid: valid,
         attr_valid: valid,
         entry_valid_nsec: valid_nsec,
