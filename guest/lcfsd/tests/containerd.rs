@@ -77,6 +77,11 @@ impl Lcfsd {
         let mut child = self.child.take().expect("running");
         let status = terminate(&mut child);
         assert!(status.success(), "lcfsd exited with {status}:\n{}", self.log());
+        // containerd and runc are Go programs, whose preemption signals reach lcfs as FUSE
+        // interrupts; neither they nor anything else containerd does is an error of lcfs's.
+        let log = self.log();
+        let errors: Vec<_> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(errors.is_empty(), "lcfsd logged errors:\n{log}");
     }
 
     fn log(&self) -> String {
