@@ -41,11 +41,14 @@ fi
 
 # 2. lcfsd ----------------------------------------------------------------------------------
 log "building lcfsd (cargo build --release)"
-(cd "$ROOT" && cargo build --release --locked -p lcfsd) 2>&1 | grep -v '^\s*\(Compiling\|Finished\|Downloaded\|Downloading\)' >&2 || true
-[ -x "$ROOT/target/release/lcfsd" ] || die "the build did not produce target/release/lcfsd"
+# The binary's path comes from cargo itself, so a CARGO_TARGET_DIR of the user's is honoured.
+built=$( (cd "$ROOT" && cargo build --release --locked -p lcfsd --message-format=json-render-diagnostics) \
+    2> >(grep -v '^\s*\(Compiling\|Finished\|Downloaded\|Downloading\)' >&2) |
+    grep -o '"executable":"[^"]*/lcfsd"' | tail -n 1 | cut -d '"' -f 4) || true
+[ -n "$built" ] && [ -x "$built" ] || die "cargo build --release -p lcfsd did not produce lcfsd (its errors are above)"
 binary_changed=false
-if ! cmp -s "$ROOT/target/release/lcfsd" "$LCFSD_BIN"; then
-    install -m 0755 "$ROOT/target/release/lcfsd" "$LCFSD_BIN"
+if ! cmp -s "$built" "$LCFSD_BIN"; then
+    install -m 0755 "$built" "$LCFSD_BIN"
     binary_changed=true
     changed "installed $LCFSD_BIN"
 fi
