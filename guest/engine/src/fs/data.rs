@@ -367,14 +367,24 @@ impl State {
     }
 
     /// Makes a carried-out write visible: new extents, size and times.
+    /// Every way out that does not publish returns the plan's new blocks.
     pub(crate) fn publish_write(&mut self, layer: LayerId, ino: Ino, plan: WritePlan) -> Result<()> {
-        let l = self.layer(layer)?;
-        let v = match self.resolve_in(ino, &l.path)? {
-            Some(v) if v.owner == layer && !v.rec.is_dead() => v,
-            _ => {
+        // The layer is still writable: a commit or remove waits for the writes in flight on
+        // its layer (`in_flight`); checked again so that no path publishes into a layer that
+        // is not.
+        let l = match self.writable(layer) {
+            Ok(l) => l,
+            Err(e) => {
+                self.abandon_write(plan);
+                return Err(e);
+            }
+        };
+        let v = match self.resolve_in(ino, &l.path) {
+            Ok(Some(v)) if v.owner == layer && !v.rec.is_dead() => v,
+            other => {
                 // Removed while the data was in flight.
                 self.abandon_write(plan);
-                return Err(Error::Stale(ino.0));
+                return other.and(Err(Error::Stale(ino.0)));
             }
         };
         for e in &plan.new_runs {

@@ -221,6 +221,12 @@ impl State {
         Ok(())
     }
 
+    /// Takes one handle on a file (an open file, or a write in flight): while any is held, an
+    /// unlinked file keeps its blocks.
+    pub(crate) fn take_handle(&mut self, layer: LayerId, ino: Ino) {
+        *self.open.entry((layer, ino)).or_insert(0) += 1;
+    }
+
     /// Drops one open handle; finishes an orphan at its last close.
     pub(crate) fn release_handle(&mut self, layer: LayerId, ino: Ino) -> Result<()> {
         let Some(count) = self.open.get_mut(&(layer, ino)) else {

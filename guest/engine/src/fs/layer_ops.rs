@@ -46,7 +46,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
 }
 
 impl State {
-    fn id_of(&self, name: &str) -> Result<LayerId> {
+    pub(crate) fn id_of(&self, name: &str) -> Result<LayerId> {
         self.layers.id_of(name).ok_or_else(|| Error::LayerNotFound(name.to_string()))
     }
 

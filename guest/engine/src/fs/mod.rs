@@ -5,12 +5,13 @@
 //! exclusively for the few map updates they make. File data moves outside the lock where that
 //! is safe: a write allocates blocks under the lock, copies the data to the device without it,
 //! then publishes the new extents under the lock again (an inode-striped mutex keeps writes to
-//! one file in order).
+//! one file in order, and `in_flight` keeps commits and removes of the layer out of the gap).
 //!
 //! Durability: layer create, commit and remove flush the metadata overlay durably before they
 //! return; file changes become durable on [`Engine::sync`] and at the periodic checkpoint.
 
 mod data;
+mod in_flight;
 mod inode;
 mod layer_ops;
 mod namespace;
@@ -18,6 +19,8 @@ mod xattr;
 
 pub(crate) use namespace::check_name;
 
+#[cfg(test)]
+mod race_tests;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +45,7 @@ use crate::types::{
     Attr, Change, DirEntry, FallocateMode, Ino, LayerId, LayerInfo, LayerKind, NewNode, RenameFlags, SetAttr, StatFs,
     Usage, XattrMode,
 };
+use in_flight::{WriteInFlight, WritesInFlight};
 
 /// Meta table keys.
 const META_NEXT_INO: &[u8] = b"next_ino";
@@ -117,6 +121,7 @@ struct Shared {
     device_name: String,
     state: RwLock<State>,
     inode_locks: Vec<Mutex<()>>,
+    writes: WritesInFlight,
     failed: AtomicBool,
     /// File data was written to the device since the last device sync.
     data_dirty: AtomicBool,
@@ -247,6 +252,7 @@ impl Engine {
             device_name: name,
             state: RwLock::new(state),
             inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            writes: WritesInFlight::default(),
             failed: AtomicBool::new(false),
             data_dirty: AtomicBool::new(false),
             files: FileCounters::default(),
@@ -452,28 +458,45 @@ impl Engine {
         name: &str,
         labels: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<LayerInfo> {
-        // Refuse before anything is written, then push the layer's data to the medium outside
-        // the lock so the commit under the lock has little left to sync.
-        self.read_state()?.check_commit(key, name)?;
-        self.sync_data()?;
-        let mut st = self.write_state()?;
-        let r = st.commit_layer(key, name, labels).and_then(|id| {
-            st.flush(true)?;
-            st.info(id)
-        });
-        drop(st);
-        self.check_fatal(r)
+        loop {
+            // Refuse before anything is written; wait for the writes in flight on the layer and
+            // keep new ones out (`in_flight`); then push the layer's data to the medium outside
+            // the lock so the commit under the lock has little left to sync.
+            let id = self.read_state()?.check_commit(key, name)?;
+            let _closed = self.shared.writes.close(id);
+            self.sync_data()?;
+            let mut st = self.write_state()?;
+            if st.check_commit(key, name)? != id {
+                // `key` was removed and made anew while this waited: close the new layer.
+                continue;
+            }
+            let r = st.commit_layer(key, name, labels).and_then(|id| {
+                st.flush(true)?;
+                st.info(id)
+            });
+            drop(st);
+            return self.check_fatal(r);
+        }
     }
 
     /// Removes a layer without children, freeing exactly what it owns. Durable on return.
     pub fn remove_layer(&self, name: &str) -> Result<()> {
-        let mut st = self.write_state()?;
-        let r = st.remove_layer(name).and_then(|id| {
-            st.flush(true)?;
-            Ok(id)
-        });
-        drop(st);
-        let id = self.check_fatal(r)?;
+        let id = loop {
+            // Writes in flight on the layer end first (`in_flight`): their blocks are freed
+            // here and may be given to another file at once.
+            let id = self.read_state()?.id_of(name)?;
+            let _closed = self.shared.writes.close(id);
+            let mut st = self.write_state()?;
+            if st.id_of(name)? != id {
+                continue;
+            }
+            let r = st.remove_layer(name).and_then(|id| {
+                st.flush(true)?;
+                Ok(id)
+            });
+            drop(st);
+            break self.check_fatal(r)?;
+        };
         self.shared.files.forget_layer(id);
         Ok(())
     }
@@ -616,7 +639,7 @@ impl Engine {
             let l = st.layer(layer)?;
             self.count_op(&l, Op::Open);
             let attr = State::attr(ino, &st.live(&l, ino)?.rec);
-            *st.open.entry((layer, ino)).or_insert(0) += 1;
+            st.take_handle(layer, ino);
             attr
         };
         self.count_file(layer, ino, |f| f.opens += 1);
@@ -663,8 +686,24 @@ impl Engine {
             // Nothing to write changes nothing, not even times; only errors are reported.
             return self.query(layer, Op::Write, |st, l| st.check_writable_file(l, ino)).map(|()| 0);
         }
-        let _guard = self.inode_lock(layer, ino);
-        let plan = self.change(layer, Op::Write, |st, l| st.plan_write(l, ino, offset, data))?;
+        let (plan, _in_flight, _guard) = loop {
+            self.shared.writes.wait_until_open(layer);
+            let guard = self.inode_lock(layer, ino);
+            let planned = self.change(layer, Op::Write, |st, l| {
+                if !self.shared.writes.begin(layer) {
+                    return Ok(None);
+                }
+                let in_flight = WriteInFlight { writes: &self.shared.writes, layer };
+                let plan = st.plan_write(l, ino, offset, data)?;
+                // A handle, as an open file has: a file unlinked meanwhile keeps its blocks.
+                st.take_handle(layer, ino);
+                Ok(Some((plan, in_flight)))
+            })?;
+            // None: a commit or remove is closing the layer; plan again once it is done.
+            if let Some((plan, in_flight)) = planned {
+                break (plan, in_flight, guard);
+            }
+        };
         let io = plan.perform(self.shared.device.as_ref(), data);
         self.shared.data_dirty.store(true, Ordering::Release);
         let mut st = self.write_state()?;
@@ -675,13 +714,15 @@ impl Engine {
                 Err(Error::Io(e))
             }
         };
+        let released = st.release_handle(layer, ino);
+        let r = r.and(released);
         if r.is_ok()
             && self.shared.counting
             && let Ok(l) = st.layer(layer)
         {
             l.counters.written(data.len() as u64);
         }
-        drop(st);
+        self.forget_finished(st);
         self.check_fatal(r)?;
         self.count_file(layer, ino, |f| {
             f.writes += 1;
