@@ -14,7 +14,8 @@
 #   5. the README's quick start on this machine: installs, runs again, uninstalls.
 #
 # Knobs for longer randomized runs: LCFS_MODEL_SEQUENCES, LCFS_MODEL_OPS, LCFS_CRASH_CASES,
-# LCFS_KILL_CASES (see guest/engine/tests/). LCFS_TEST_SKIP_QUICKSTART=1 leaves out step 5, for
+# LCFS_KILL_CASES, LCFS_STRESS_GENERATIONS, LCFS_STRESS_OPS, LCFS_STRESS_SEED (see
+# guest/engine/tests/). LCFS_TEST_SKIP_QUICKSTART=1 leaves out step 5, for
 # machines where the quick start must not touch the system's containerd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
