@@ -224,7 +224,7 @@ pub enum MountpointState {
 /// daemon that was killed. A live file system mounted there is an error.
 pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
     match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if no_daemon_behind(&e) => {
             detach(mountpoint)?;
             warn!(mountpoint = %mountpoint.display(), "detached a stale mount left by a previous daemon");
             Ok(MountpointState::CleanedStaleMount)
@@ -244,7 +244,7 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
             Some((fstype, source))
                 if fstype.starts_with("fuse")
                     && source == "lcfs"
-                    && std::fs::read_dir(mountpoint).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) =>
+                    && std::fs::read_dir(mountpoint).err().is_some_and(|e| no_daemon_behind(&e)) =>
             {
                 detach(mountpoint)?;
                 warn!(mountpoint = %mountpoint.display(), "detached a stale mount left by a previous daemon");
@@ -256,6 +256,15 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> io::Result<MountpointState> {
             )),
         },
     }
+}
+
+/// Whether an error from a FUSE mount means that no daemon serves it any more: its connection
+/// is gone (`ENOTCONN`) or was aborted (`ECONNABORTED`); or `ECANCELED`, which a request gets
+/// for a moment after a daemon serving over io_uring was killed, while the kernel tears down
+/// its queues (seen in `kill_9_during_heavy_writes_keeps_every_committed_layer_and_leaves_a_
+/// mount_to_clean`). A live daemon's mount answers none of these.
+pub fn no_daemon_behind(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED))
 }
 
 /// Detaches whatever is mounted on `mountpoint` (lazily: it goes away with its last user).

@@ -223,9 +223,18 @@ fn kill_9_during_heavy_writes_keeps_every_committed_layer_and_leaves_a_mount_to_
     let _ = writer.join();
 
     // The mount is left behind, disconnected (listing it needs the daemon; a stat could be
-    // answered from the kernel's attribute cache).
-    let err = std::fs::read_dir(d.mountpoint()).expect_err("stale mount");
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    // answered from the kernel's attribute cache). While the kernel tears down the dead
+    // daemon's io_uring queues, a request that reached one ends with ECANCELED instead; once
+    // the connection is gone, every request ends with ENOTCONN.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = std::fs::read_dir(d.mountpoint()).expect_err("stale mount");
+        match err.raw_os_error() {
+            Some(libc::ENOTCONN) => break,
+            Some(libc::ECANCELED) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => panic!("listing the dead daemon's mount: {err}"),
+        }
+    }
     let out = fsck(tmp.path());
     assert_eq!(out.status.code(), Some(0), "fsck after kill -9: {}", text(&out));
 
