@@ -23,7 +23,7 @@ impl Drop for Restore {
 #[test]
 fn a_mount_without_io_uring_serves_through_dev_fuse() {
     let Ok(before) = fs::read_to_string(IO_URING_DISABLED) else {
-        eprintln!("this kernel has no {IO_URING_DISABLED}; nothing to refuse");
+        support::kernel_lacks(IO_URING_DISABLED);
         return;
     };
     let _restore = Restore(before.trim().to_string());

@@ -372,7 +372,7 @@ fn deleting_files_does_not_fail_the_next_sync() {
 /// other tests here and pjdfstest run over whichever transport the mount uses).
 #[test]
 fn requests_arrive_over_io_uring_where_the_kernel_offers_it() {
-    if std::env::var_os("LCFS_TEST_NO_URING").is_some() {
+    if support::io_uring_turned_off() {
         return;
     }
     let kernel_offers = std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists();
@@ -383,7 +383,7 @@ fn requests_arrive_over_io_uring_where_the_kernel_offers_it() {
     // holds requests back.
     assert_eq!(m.over_io_uring(), kernel_offers, "io_uring served {} requests", served());
     if !kernel_offers {
-        eprintln!("this kernel has no FUSE over io_uring; /dev/fuse served everything");
+        support::kernel_lacks("FUSE over io_uring; /dev/fuse served everything");
         return;
     }
     let before = served();

@@ -11,6 +11,20 @@ use lcfs_engine::device::{Device, FileDevice};
 use lcfs_engine::{Engine, FormatOptions, LayerKind, OpenOptions};
 use lcfs_fuse::{Mount, MountOptions};
 
+/// Says that this kernel lacks `what`, so a test checks nothing; fails instead where
+/// `LCFS_TEST_REQUIRE_KERNEL_FEATURES=1` (CI sets it) says the machine must have it.
+pub fn kernel_lacks(what: &str) {
+    if std::env::var_os("LCFS_TEST_REQUIRE_KERNEL_FEATURES").is_some_and(|v| v == "1") {
+        panic!("this kernel lacks {what}, and LCFS_TEST_REQUIRE_KERNEL_FEATURES=1 says it must have it");
+    }
+    eprintln!("skipped: this kernel lacks {what}");
+}
+
+/// Whether the test run turned FUSE over io_uring off (`LCFS_TEST_NO_URING=1`).
+pub fn io_uring_turned_off() -> bool {
+    std::env::var_os("LCFS_TEST_NO_URING").is_some()
+}
+
 /// An engine on a sparse file device, mounted; unmounted and removed on drop.
 pub struct Mounted {
     pub engine: Engine,
