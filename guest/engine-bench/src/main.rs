@@ -5,6 +5,8 @@
 //! `scripts/bench-engine.sh` runs everything, including the fio runs the sequential write is
 //! compared with. These are benchmarks, not tests: they report, they do not assert.
 
+#![forbid(unsafe_code)]
+
 mod commit;
 mod counters;
 mod create_layer;

@@ -1,6 +1,8 @@
 //! `lcfsd`: the lcfs guest daemon. `main` only parses arguments, sets up logging and
 //! dispatches; each command lives in `commands/`.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod cli;
 mod commands;

@@ -10,6 +10,8 @@
 //!   one, then, in rounds alternating between them, times Prepares on top and cold lookups of
 //!   files that sit in the bottom layer, seen from a fresh view of the top.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@
 //! directory in the LCFS FUSE mount. The service reaches the mount only through [`Host`], so
 //! it can be tested over an engine alone.
 
+#![forbid(unsafe_code)]
+
 pub mod filter;
 pub mod names;
 

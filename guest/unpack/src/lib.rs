@@ -21,6 +21,8 @@
 //! [`apply`] also digests the uncompressed stream: containerd checks that digest against the
 //! image's `diff_ids`.
 
+#![forbid(unsafe_code)]
+
 mod path;
 
 use std::cell::Cell;
