@@ -171,7 +171,7 @@ fn check_tables(
         Ok(true)
     })?;
     let counter = |k: &[u8]| counters.get(k).filter(|v| v.len() == 8).and_then(|v| keys::be64(v, 0));
-    let (Some(next_ino), Some(next_layer)) = (counter(b"next_ino"), counter(b"next_layer")) else {
+    let (Some(next_ino), Some(next_layer)) = (counter(keys::META_NEXT_INO), counter(keys::META_NEXT_LAYER)) else {
         report.problem("the meta table lacks the inode or layer counter");
         return Ok(None);
     };
@@ -265,7 +265,7 @@ fn check_tables(
     // Directory entries live in directory versions and name live inodes.
     store.scan(Table::Dirents, all, Dir::Forward, |k, v| {
         report.entries += 1;
-        let (Some((layer, dir, name)), Some((ino, kind))) = (keys::parse_dirent(k), keys::parse_dirent_value(v)) else {
+        let (Some((layer, dir, name)), Some((ino, _))) = (keys::parse_dirent(k), keys::parse_dirent_value(v)) else {
             report.problem("a directory entry is malformed");
             return Ok(true);
         };
@@ -286,7 +286,6 @@ fn check_tables(
                 label(layer)
             ));
         }
-        let _ = kind;
         Ok(true)
     })?;
 
@@ -374,14 +373,13 @@ fn check_trees(state: &State, report: &mut FsckReport) -> Result<(), Error> {
 
 fn check_tree(state: &State, l: &LayerRef, report: &mut FsckReport) -> Result<(), Error> {
     let name = state.layers.get(l.id).map(|x| format!("layer {:?}", x.record.name)).unwrap_or_default();
-    let root = match state.resolve_in(ROOT_INO, &l.path)? {
-        Some(v) if !v.rec.is_dead() && v.rec.kind == FileKind::Directory => v,
+    match state.resolve_in(ROOT_INO, &l.path)? {
+        Some(v) if !v.rec.is_dead() && v.rec.kind == FileKind::Directory => {}
         _ => {
             report.problem(format!("{name} has no root directory"));
             return Ok(());
         }
-    };
-    let _ = root;
+    }
     // Names seen per inode, and subdirectories per directory.
     let mut seen: HashMap<Ino, Vec<(Ino, Vec<u8>)>> = HashMap::new();
     let mut subdirs: HashMap<Ino, u32> = HashMap::new();

@@ -47,10 +47,6 @@ use crate::types::{
 };
 use in_flight::{WriteInFlight, WritesInFlight};
 
-/// Meta table keys.
-const META_NEXT_INO: &[u8] = b"next_ino";
-const META_NEXT_LAYER: &[u8] = b"next_layer";
-
 /// Smallest data region a device may have.
 const MIN_DATA_BYTES: u64 = 16 << 20;
 
@@ -217,8 +213,8 @@ impl Engine {
         let sb = Arc::new(Mutex::new(sb));
         let mut store =
             Store::create(RegionBackend::new(device.clone(), sb), 8 << 20).map_err(|e| open_store_error(&name, e))?;
-        store.put(Table::Meta, META_NEXT_INO.to_vec(), 2u64.to_be_bytes().to_vec());
-        store.put(Table::Meta, META_NEXT_LAYER.to_vec(), 1u64.to_be_bytes().to_vec());
+        store.put(Table::Meta, keys::META_NEXT_INO.to_vec(), 2u64.to_be_bytes().to_vec());
+        store.put(Table::Meta, keys::META_NEXT_LAYER.to_vec(), 1u64.to_be_bytes().to_vec());
         store.flush(true).map_err(|e| corrupt_metadata(&name, e))?;
         info!(device = %name, bytes = len, metadata_bytes = meta, "formatted");
         Ok(())
@@ -864,8 +860,8 @@ impl State {
                 .ok_or_else(|| Error::Corrupt(format!("the meta table lacks {:?}", String::from_utf8_lossy(key))))?;
             keys::be64(&v, 0).filter(|_| v.len() == 8).ok_or_else(|| Error::Corrupt("malformed counter".into()))
         };
-        let next_ino = read_counter(META_NEXT_INO)?;
-        let next_layer = read_counter(META_NEXT_LAYER)?;
+        let next_ino = read_counter(keys::META_NEXT_INO)?;
+        let next_layer = read_counter(keys::META_NEXT_LAYER)?;
         let mut records = Vec::new();
         store.scan(Table::Layers, (Bound::Unbounded, Bound::Unbounded), crate::store::Dir::Forward, |k, v| {
             let id = keys::be64(k, 0)
@@ -939,11 +935,11 @@ impl State {
             }
         }
         if self.next_ino != self.next_ino_stored {
-            self.store.put(Table::Meta, META_NEXT_INO.to_vec(), self.next_ino.to_be_bytes().to_vec());
+            self.store.put(Table::Meta, keys::META_NEXT_INO.to_vec(), self.next_ino.to_be_bytes().to_vec());
             self.next_ino_stored = self.next_ino;
         }
         if self.next_layer != self.next_layer_stored {
-            self.store.put(Table::Meta, META_NEXT_LAYER.to_vec(), self.next_layer.to_be_bytes().to_vec());
+            self.store.put(Table::Meta, keys::META_NEXT_LAYER.to_vec(), self.next_layer.to_be_bytes().to_vec());
             self.next_layer_stored = self.next_layer;
         }
         if let Err(e) = self.store.flush(durable) {

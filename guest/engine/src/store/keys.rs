@@ -21,6 +21,11 @@ use std::ops::Bound;
 
 use crate::types::{FileKind, Ino, LayerId};
 
+/// `meta` key of the next inode number to hand out.
+pub(crate) const META_NEXT_INO: &[u8] = b"next_ino";
+/// `meta` key of the next layer id to hand out.
+pub(crate) const META_NEXT_LAYER: &[u8] = b"next_layer";
+
 /// The layer created this inode.
 pub(crate) const OWN_CREATED: u8 = 1;
 /// The layer copied this inode up from an ancestor to change it.
