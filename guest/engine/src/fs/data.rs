@@ -133,72 +133,9 @@ impl State {
 
     /// Where the bytes `[start, end)` of version `v` (seen by `l`) live.
     pub(crate) fn map_range(&self, l: &LayerRef, ino: Ino, v: &Version, start: u64, end: u64) -> Result<Vec<Segment>> {
-        let mut out = Vec::new();
-        self.map_version(&l.path, ino, v.owner, v.depth, v.rec.inherit_limit, start, end, &mut out)?;
-        Ok(out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn map_version(
-        &self,
-        path: &[LayerId],
-        ino: Ino,
-        owner: LayerId,
-        depth: u32,
-        inherit_limit: u64,
-        start: u64,
-        end: u64,
-        out: &mut Vec<Segment>,
-    ) -> Result<()> {
-        if start >= end {
-            return Ok(());
-        }
-        let mut pos = start;
-        for e in self.extents(owner, ino, start / BS, end.div_ceil(BS))? {
-            let (es, ee) = (e.file_block * BS, e.end() * BS);
-            let (s, t) = (es.max(pos), ee.min(end));
-            if s >= t {
-                continue;
-            }
-            if pos < s {
-                self.map_inherited(path, ino, depth, inherit_limit, pos, s, out)?;
-            }
-            let device = (e.device_block != HOLE).then(|| e.device_block * BS + (s - es));
-            push(out, Segment { start: s, len: t - s, device });
-            pos = t;
-        }
-        if pos < end {
-            self.map_inherited(path, ino, depth, inherit_limit, pos, end, out)?;
-        }
-        Ok(())
-    }
-
-    /// Bytes `[start, end)` that the version at `depth` has no extent for.
-    #[allow(clippy::too_many_arguments)]
-    fn map_inherited(
-        &self,
-        path: &[LayerId],
-        ino: Ino,
-        depth: u32,
-        inherit_limit: u64,
-        start: u64,
-        end: u64,
-        out: &mut Vec<Segment>,
-    ) -> Result<()> {
-        let limit = end.min(inherit_limit);
-        let mut pos = start;
-        if pos < limit
-            && depth > 0
-            && let Some(older) = self.resolve_in(ino, &path[..depth as usize])?
-            && !older.rec.is_dead()
-        {
-            self.map_version(path, ino, older.owner, older.depth, older.rec.inherit_limit, pos, limit, out)?;
-            pos = limit;
-        }
-        if pos < end {
-            push(out, Segment { start: pos, len: end - pos, device: None });
-        }
-        Ok(())
+        let mut mapping = Mapping { state: self, path: &l.path, ino, out: Vec::new() };
+        mapping.version(Place::of(v), start..end)?;
+        Ok(mapping.out)
     }
 
     /// Reads the bytes of `segments` (which start at file offset `base`) into `buf`.
@@ -309,28 +246,26 @@ impl State {
                 if n > take {
                     current = Some((dev + take, n - take));
                 }
-                self.plan_new_blocks(l, ino, &v, offset, data, a, dev, take, &mut plan)?;
+                let run = Extent { file_block: a, device_block: dev, count: take };
+                self.plan_new_blocks(l, ino, &v, (offset, data), run, &mut plan)?;
                 a += take;
             }
         }
         Ok(plan)
     }
 
-    /// Adds the pieces that fill `count` new device blocks from `dev`, which will hold the file
-    /// blocks from `fb`. Partial blocks are merged with what the file shows there now.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds the pieces of the write of `data` at `offset` that fill the new blocks of `run`.
+    /// Partial blocks are merged with what the file shows there now.
     fn plan_new_blocks(
         &self,
         l: &LayerRef,
         ino: Ino,
         v: &Version,
-        offset: u64,
-        data: &[u8],
-        fb: u64,
-        dev: u64,
-        count: u64,
+        (offset, data): (u64, &[u8]),
+        run: Extent,
         plan: &mut WritePlan,
     ) -> Result<()> {
+        let Extent { file_block: fb, device_block: dev, count } = run;
         let end = offset + data.len() as u64;
         let (bs, be) = (fb * BS, (fb + count) * BS);
         let (s, t) = (bs.max(offset), be.min(end));
@@ -643,6 +578,77 @@ impl State {
 
 /// One past the last file block a file can have.
 const MAX_BLOCKS: u64 = MAX_FILE_SIZE / BS + 1;
+
+/// Where a version of a file stands: its owner, the owner's depth, and how far it inherits
+/// its ancestors' bytes.
+#[derive(Clone, Copy)]
+struct Place {
+    owner: LayerId,
+    depth: u32,
+    inherit_limit: u64,
+}
+
+impl Place {
+    fn of(v: &Version) -> Place {
+        Place { owner: v.owner, depth: v.depth, inherit_limit: v.rec.inherit_limit }
+    }
+}
+
+/// Maps byte ranges of one file, seen through one layer's chain (`path`), to segments.
+struct Mapping<'a> {
+    state: &'a State,
+    path: &'a [LayerId],
+    ino: Ino,
+    out: Vec<Segment>,
+}
+
+impl Mapping<'_> {
+    /// The bytes `range` of the version at `place`: its own extents, and what it inherits
+    /// around them.
+    fn version(&mut self, place: Place, range: std::ops::Range<u64>) -> Result<()> {
+        let std::ops::Range { start, end } = range;
+        if start >= end {
+            return Ok(());
+        }
+        let mut pos = start;
+        for e in self.state.extents(place.owner, self.ino, start / BS, end.div_ceil(BS))? {
+            let (es, ee) = (e.file_block * BS, e.end() * BS);
+            let (s, t) = (es.max(pos), ee.min(end));
+            if s >= t {
+                continue;
+            }
+            if pos < s {
+                self.inherited(place, pos..s)?;
+            }
+            let device = (e.device_block != HOLE).then(|| e.device_block * BS + (s - es));
+            push(&mut self.out, Segment { start: s, len: t - s, device });
+            pos = t;
+        }
+        if pos < end {
+            self.inherited(place, pos..end)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes `range` that the version at `place` has no extent for: its ancestor's below its
+    /// inherit limit, zeros beyond.
+    fn inherited(&mut self, place: Place, range: std::ops::Range<u64>) -> Result<()> {
+        let limit = range.end.min(place.inherit_limit);
+        let mut pos = range.start;
+        if pos < limit
+            && place.depth > 0
+            && let Some(older) = self.state.resolve_in(self.ino, &self.path[..place.depth as usize])?
+            && !older.rec.is_dead()
+        {
+            self.version(Place::of(&older), pos..limit)?;
+            pos = limit;
+        }
+        if pos < range.end {
+            push(&mut self.out, Segment { start: pos, len: range.end - pos, device: None });
+        }
+        Ok(())
+    }
+}
 
 /// Appends a segment, merging it with the previous one when they continue each other.
 fn push(out: &mut Vec<Segment>, s: Segment) {
