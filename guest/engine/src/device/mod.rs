@@ -7,7 +7,7 @@
 //! Contract, which the crash tests hold every implementation to:
 //! - a write is durable once a later `sync` returns; before that it may be lost, wholly or in
 //!   part, on power loss;
-//! - space added by `set_len` reads as zeros;
+//! - space added by `grow` reads as zeros;
 //! - reads and writes within `len()` never fail for reasons of range.
 
 mod crash;
