@@ -29,6 +29,10 @@ pub enum OpenError {
     /// The device was formatted by a version of lcfs this build does not understand.
     #[error("{device}: unsupported lcfs format version {found} (this build reads version {supported})")]
     UnsupportedVersion { device: String, found: u32, supported: u32 },
+    /// The superblocks are gone and no backup copy was found, but the device holds data: it is
+    /// damaged, not blank, and is not formatted over.
+    #[error("{device}: the device is damaged, not blank: {detail}; refusing to format over it (format --force does)")]
+    Damaged { device: String, detail: String },
     /// Both superblock copies fail their checksum or are inconsistent.
     #[error("{device}: superblock is corrupt: {detail}")]
     CorruptSuperblock { device: String, detail: String },

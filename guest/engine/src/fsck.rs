@@ -98,8 +98,10 @@ impl fmt::Display for FsckReport {
 pub fn fsck(device: Arc<dyn Device>) -> Result<FsckReport, OpenError> {
     let name = device.name();
     let mut report = FsckReport { device: name.clone(), ..FsckReport::default() };
-    let sb = Superblock::read(device.as_ref())?;
-    if let Some(p) = Superblock::other_copy_problem(device.as_ref(), &sb) {
+    let (sb, damage) = Superblock::read_checked(device.as_ref())?;
+    if let Some(damage) = &damage {
+        report.problem(format!("{damage}; the next open restores both copies from it"));
+    } else if let Some(p) = Superblock::other_copy_problem(device.as_ref(), &sb) {
         report.notes.push(format!(
             "the older superblock copy {p}; the current copy is intact and the next superblock write replaces it"
         ));

@@ -2,7 +2,14 @@
 //!
 //! Two copies live at byte 0 and byte 4096. Each write goes to the copy that is not current
 //! (chosen by the sequence number), so a torn write can destroy at most the copy being written
-//! while the other still describes a consistent device. Layout of one copy (little-endian):
+//! while the other still describes a consistent device. Since format version 2 every write also
+//! goes to a backup copy in the first block of the data region, at least 17 MiB into the
+//! device, which no file data uses: one stray write over the first megabyte (a partitioning
+//! tool, a `dd` to the wrong device, a torn write at the start of a virtual disk) no longer
+//! loses the device. When both copies at the start are zeroed or damaged (but not when they
+//! hold another format's or a newer version's signature), [`Superblock::read`] looks for the
+//! backup at each whole MiB from 17 MiB on (the data region starts at one), trying the default
+//! geometry first. Layout of one copy (little-endian):
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
@@ -27,16 +34,28 @@ use crate::device::Device;
 use crate::error::OpenError;
 
 pub(crate) const MAGIC: [u8; 8] = *b"LCFS\0DEV";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the backup copy at the start of the data region.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build opens (version 1: no backup copy; data from the first block of
+/// the data region).
+const OLDEST_VERSION: u32 = 1;
 pub(crate) const BLOCK_SIZE: u64 = 4096;
 pub(crate) const SUPERBLOCK_SIZE: usize = 4096;
 /// Both superblock copies fit in the first 8 KiB; the metadata region starts at 1 MiB.
 pub(crate) const METADATA_OFFSET: u64 = 1 << 20;
 const CRC_AT: usize = SUPERBLOCK_SIZE - 4;
 
+/// Smallest offset of the data region: the metadata region is at least 16 MiB.
+const MIN_DATA_OFFSET: u64 = METADATA_OFFSET + (16 << 20);
+/// Bytes at the start of the metadata region that are never zero once the store was created
+/// (the store's header).
+const METADATA_HEAD: usize = 64 << 10;
+
 /// Decoded superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Superblock {
+    /// Format version the device was made with (kept: a version 1 device stays version 1).
+    pub version: u32,
     pub uuid: [u8; 16],
     pub sequence: u64,
     pub device_size: u64,
@@ -54,6 +73,7 @@ impl Superblock {
     pub fn new(device_size: u64, meta_capacity: u64) -> Superblock {
         let meta_capacity = meta_capacity.div_ceil(1 << 20) << 20;
         Superblock {
+            version: FORMAT_VERSION,
             uuid: random_uuid(),
             sequence: 0,
             device_size,
@@ -69,15 +89,22 @@ impl Superblock {
         }
     }
 
-    /// First and one-past-last data block.
+    /// First and one-past-last data block (since version 2 the first block of the region holds
+    /// the backup copy).
     pub fn data_blocks(&self) -> (u64, u64) {
-        (self.data_offset / BLOCK_SIZE, self.device_size / BLOCK_SIZE)
+        let first = self.data_offset / BLOCK_SIZE + u64::from(self.backup_offset().is_some());
+        (first, self.device_size / BLOCK_SIZE)
+    }
+
+    /// Where the backup copy lives, if this format has one.
+    pub fn backup_offset(&self) -> Option<u64> {
+        (self.version >= 2).then_some(self.data_offset)
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; SUPERBLOCK_SIZE];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
         b[16..32].copy_from_slice(&self.uuid);
         for (at, v) in [
@@ -105,13 +132,15 @@ impl Superblock {
         if b[0..8] != MAGIC {
             return Err(CopyProblem::NoMagic);
         }
-        let version = u32::from_le_bytes(le4(&b[8..12]));
-        if version != FORMAT_VERSION {
-            return Err(CopyProblem::Version(version));
-        }
+        // The checksum first: a flipped bit in the version field is damage, not a newer format.
+        // Every version keeps the magic, the version and this checksum where they are.
         let crc = u32::from_le_bytes(le4(&b[CRC_AT..]));
         if crc != crc32fast::hash(&b[..CRC_AT]) {
             return Err(CopyProblem::Checksum);
+        }
+        let version = u32::from_le_bytes(le4(&b[8..12]));
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(CopyProblem::Version(version));
         }
         let block_size = u32::from_le_bytes(le4(&b[12..16]));
         if u64::from(block_size) != BLOCK_SIZE {
@@ -121,6 +150,7 @@ impl Superblock {
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[16..32]);
         let sb = Superblock {
+            version,
             uuid,
             sequence: u(32),
             device_size: u(40),
@@ -157,19 +187,21 @@ impl Superblock {
 
     /// Reads and validates the current superblock of `device`. Never writes.
     pub fn read(device: &dyn Device) -> Result<Superblock, OpenError> {
+        Self::read_checked(device).map(|(sb, _)| sb)
+    }
+
+    /// [`Superblock::read`], and what was wrong with the two copies at the start of the device
+    /// when the superblock came from the backup copy (`None` when it came from them).
+    pub fn read_checked(device: &dyn Device) -> Result<(Superblock, Option<String>), OpenError> {
         let name = device.name();
-        let len = device.len().map_err(|source| OpenError::Io {
-            device: name.clone(),
-            what: "reading the device size",
-            source,
-        })?;
+        let io = |what| {
+            let device = name.clone();
+            move |source| OpenError::Io { device, what, source }
+        };
+        let len = device.len().map_err(io("reading the device size"))?;
         if len < 2 * SUPERBLOCK_SIZE as u64 {
             let mut head = vec![0u8; len as usize];
-            device.read_at(&mut head, 0).map_err(|source| OpenError::Io {
-                device: name.clone(),
-                what: "reading the superblock",
-                source,
-            })?;
+            device.read_at(&mut head, 0).map_err(io("reading the superblock"))?;
             return Err(if head.iter().all(|&b| b == 0) {
                 OpenError::Blank { device: name }
             } else if head.len() >= 8 && head[..8] == MAGIC {
@@ -179,27 +211,59 @@ impl Superblock {
             });
         }
         let mut both = vec![0u8; 2 * SUPERBLOCK_SIZE];
-        device.read_at(&mut both, 0).map_err(|source| OpenError::Io {
-            device: name.clone(),
-            what: "reading the superblock",
-            source,
-        })?;
+        device.read_at(&mut both, 0).map_err(io("reading the superblock"))?;
         let copies = [Self::decode(&both[..SUPERBLOCK_SIZE]), Self::decode(&both[SUPERBLOCK_SIZE..])];
-        let current = match (&copies[0], &copies[1]) {
+        let (current, damage) = match Self::current_of(&copies, &name) {
+            Ok(current) => (current, None),
+            // A copy of a newer format, or foreign data at the start (another file system
+            // made over this device, say): never overridden by a backup.
+            Err(problem @ (OpenError::UnsupportedVersion { .. } | OpenError::NotLcfs { .. })) => return Err(problem),
+            Err(problem) => {
+                let damage =
+                    format!("superblock copy 1 {}, copy 2 {}", describe_copy(&copies[0]), describe_copy(&copies[1]));
+                match Self::find_backup(device, len)? {
+                    Some(backup) => {
+                        let at = backup.data_offset;
+                        (backup, Some(format!("{damage}; used the backup copy at byte {at}")))
+                    }
+                    None if matches!(problem, OpenError::Blank { .. }) && !Self::holds_metadata(device, len)? => {
+                        return Err(problem);
+                    }
+                    None if matches!(problem, OpenError::Blank { .. }) => {
+                        return Err(OpenError::Damaged {
+                            device: name,
+                            detail: format!(
+                                "{damage}, no backup copy was found, but lcfs metadata follows at byte {METADATA_OFFSET}"
+                            ),
+                        });
+                    }
+                    None => return Err(problem),
+                }
+            }
+        };
+        if len < current.device_size {
+            return Err(OpenError::Truncated { device: name, expected: current.device_size, found: len });
+        }
+        Ok((current, damage))
+    }
+
+    /// The current superblock of the two copies at the start, or why there is none.
+    fn current_of(copies: &[Result<Option<Superblock>, CopyProblem>; 2], name: &str) -> Result<Superblock, OpenError> {
+        let name = name.to_string();
+        match (&copies[0], &copies[1]) {
             (Ok(Some(a)), Ok(Some(b))) => {
                 if a.uuid != b.uuid {
-                    // Copies from two different formats: only the newer write can be trusted
-                    // if it is the higher sequence; a mismatch means someone wrote over us.
+                    // Copies from two different formats: someone wrote over one of them.
                     return Err(OpenError::CorruptSuperblock {
                         device: name,
                         detail: "the two superblock copies belong to different file systems".to_string(),
                     });
                 }
-                if a.sequence >= b.sequence { a.clone() } else { b.clone() }
+                Ok(if a.sequence >= b.sequence { a.clone() } else { b.clone() })
             }
-            (Ok(Some(a)), _) => a.clone(),
-            (_, Ok(Some(b))) => b.clone(),
-            (Ok(None), Ok(None)) => return Err(OpenError::Blank { device: name }),
+            (Ok(Some(a)), _) => Ok(a.clone()),
+            (_, Ok(Some(b))) => Ok(b.clone()),
+            (Ok(None), Ok(None)) => Err(OpenError::Blank { device: name }),
             (a, b) => {
                 let problems = [a, b];
                 if let Some(v) = problems.iter().find_map(|p| match p {
@@ -217,13 +281,52 @@ impl Superblock {
                     .map(|(i, p)| format!("copy {}: {}", i + 1, describe(p)))
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(OpenError::CorruptSuperblock { device: name, detail });
+                Err(OpenError::CorruptSuperblock { device: name, detail })
             }
-        };
-        if len < current.device_size {
-            return Err(OpenError::Truncated { device: name, expected: current.device_size, found: len });
         }
-        Ok(current)
+    }
+
+    /// The backup copy, looked for at each whole MiB where a data region can start, the
+    /// default geometry's first. Only a copy that says it lives where it was found counts.
+    fn find_backup(device: &dyn Device, len: u64) -> Result<Option<Superblock>, OpenError> {
+        let default_meta = ((len / 8).clamp(16 << 20, 64 << 30)).div_ceil(1 << 20) << 20;
+        let guess = METADATA_OFFSET + default_meta;
+        let candidates = std::iter::once(guess)
+            .chain((MIN_DATA_OFFSET..len).step_by(1 << 20).filter(|&at| at != guess))
+            .take_while(|&at| at + SUPERBLOCK_SIZE as u64 <= len);
+        let mut buf = vec![0u8; SUPERBLOCK_SIZE];
+        for at in candidates {
+            device.read_at(&mut buf, at).map_err(|source| OpenError::Io {
+                device: device.name(),
+                what: "looking for the backup superblock",
+                source,
+            })?;
+            if let Ok(Some(sb)) = Self::decode(&buf)
+                && sb.backup_offset() == Some(at)
+            {
+                return Ok(Some(sb));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether lcfs metadata was ever written past the superblocks: the head of the metadata
+    /// region (where the store keeps its header) or a block at any whole MiB of the smallest
+    /// metadata region is other than zeros. A new sparse file, a zero-filled image and a new
+    /// disk hold none.
+    fn holds_metadata(device: &dyn Device, len: u64) -> Result<bool, OpenError> {
+        let io = |source| OpenError::Io { device: device.name(), what: "checking whether the device is blank", source };
+        let head = (METADATA_OFFSET, METADATA_HEAD);
+        let samples = (METADATA_OFFSET..MIN_DATA_OFFSET).step_by(1 << 20).skip(1).map(|at| (at, SUPERBLOCK_SIZE));
+        let mut buf = vec![0u8; METADATA_HEAD];
+        for (at, size) in std::iter::once(head).chain(samples).take_while(|&(at, _)| at < len) {
+            let size = size.min((len - at) as usize);
+            device.read_at(&mut buf[..size], at).map_err(io)?;
+            if buf[..size].iter().any(|&b| b != 0) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Writes the next version of the superblock over the older copy. Durable after the next
@@ -231,7 +334,12 @@ impl Superblock {
     pub fn write_next(&mut self, device: &dyn Device) -> std::io::Result<()> {
         self.sequence += 1;
         let slot = self.sequence % 2;
-        device.write_at(&self.encode(), slot * SUPERBLOCK_SIZE as u64)
+        let bytes = self.encode();
+        device.write_at(&bytes, slot * SUPERBLOCK_SIZE as u64)?;
+        match self.backup_offset() {
+            Some(at) => device.write_at(&bytes, at),
+            None => Ok(()),
+        }
     }
 
     /// Problems with the copy that is not current, for fsck: `None` when both copies are fine.
@@ -258,6 +366,15 @@ enum CopyProblem {
     Version(u32),
     Checksum,
     Inconsistent(String),
+}
+
+/// One copy's state, in words for a damage report.
+fn describe_copy(p: &Result<Option<Superblock>, CopyProblem>) -> String {
+    match p {
+        Ok(Some(_)) => "is valid".to_string(),
+        Ok(None) => "is zeroed".to_string(),
+        other => format!("has {}", describe(other)),
+    }
 }
 
 fn describe(p: &Result<Option<Superblock>, CopyProblem>) -> String {
@@ -336,9 +453,10 @@ mod tests {
         assert!(matches!(Superblock::read(&dev), Err(OpenError::Blank { .. })));
         dev.write_at(b"\x7fELF", 0).expect("write");
         assert!(matches!(Superblock::read(&dev), Err(OpenError::NotLcfs { .. })));
-        let (dev, _) = formatted();
+        let (dev, sb) = formatted();
+        let future = Superblock { version: 7, ..sb };
         for slot in 0..2u64 {
-            dev.write_at(&7u32.to_le_bytes(), slot * SUPERBLOCK_SIZE as u64 + 8).expect("write");
+            dev.write_at(&future.encode(), slot * SUPERBLOCK_SIZE as u64).expect("write");
         }
         assert!(matches!(Superblock::read(&dev), Err(OpenError::UnsupportedVersion { found: 7, .. })));
     }

@@ -1,5 +1,5 @@
 //! Bad devices: something that is not lcfs, a future format version, a flipped byte in every
-//! metadata page, a truncated device. Each must give a clear error that names the device and
+//! metadata page, a truncated device, a stray write over the start of the device. Each must give a clear error that names the device and
 //! the problem — never a panic, and never a write to the device — or, where the damage hit
 //! space nothing refers to, open with every layer intact.
 
@@ -99,11 +99,15 @@ fn a_foreign_file_is_refused_without_a_write() {
 fn a_future_version_is_refused() {
     let mut bytes = populated();
     for copy in 0..2 {
-        bytes[copy * 4096 + 8..copy * 4096 + 12].copy_from_slice(&2u32.to_le_bytes());
+        let at = copy * 4096;
+        bytes[at + 8..at + 12].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[at..at + 4092]);
+        bytes[at + 4092..at + 4096].copy_from_slice(&crc.to_le_bytes());
     }
+    // Not overridden by the (version 2) backup copy.
     let err = try_open(bytes).expect_err("future version");
-    assert!(matches!(err, OpenError::UnsupportedVersion { found: 2, .. }), "{err}");
-    assert!(err.to_string().contains("unsupported lcfs format version 2"), "{err}");
+    assert!(matches!(err, OpenError::UnsupportedVersion { found: 3, .. }), "{err}");
+    assert!(err.to_string().contains("unsupported lcfs format version 3"), "{err}");
 }
 
 #[test]
@@ -139,10 +143,15 @@ fn damaged_superblock_copies_fall_back_or_are_refused() {
             }
         }
     }
-    let mut b = bytes;
+    // Both copies at the start damaged: the backup copy in the data region stands in.
+    let mut b = bytes.clone();
     b[45] ^= 1;
     b[4096 + 45] ^= 1;
-    let err = try_open(b).expect_err("both copies damaged");
+    assert_eq!(try_open(b.clone()).expect("opened from the backup copy"), intact);
+    // And with the backup damaged too, nothing is left to trust.
+    let backup = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
+    b[backup + 45] ^= 1;
+    let err = try_open(b).expect_err("every copy damaged");
     assert!(err.to_string().contains("superblock is corrupt"), "{err}");
 }
 
@@ -189,4 +198,87 @@ fn flipped_data_blocks_do_not_break_metadata() {
     let data_start = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
     bytes[data_start + 10] ^= 0xff;
     try_open(bytes).expect("opens");
+}
+
+/// Damage to the start of the device, as a stray write does it.
+fn damaged(bytes: &[u8], what: &str) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    match what {
+        "copy 1 zeroed" => b[..4096].fill(0),
+        "copy 2 zeroed" => b[4096..8192].fill(0),
+        "both copies zeroed" => b[..8192].fill(0),
+        "the first MiB zeroed" => b[..1 << 20].fill(0),
+        "bytes flipped in both copies" => {
+            for at in [10, 45, 90, 4096 + 10, 4096 + 45, 4096 + 90] {
+                b[at] ^= 0x5a;
+            }
+        }
+        other => panic!("no such damage: {other}"),
+    }
+    b
+}
+
+/// A stray write over the start of the device never makes lcfs format over it: the backup
+/// superblock in the data region stands in, fsck says what was damaged and what it used, and
+/// the next open restores the copies at the start (after which fsck is clean again).
+#[test]
+fn a_damaged_start_is_restored_from_the_backup_never_formatted_over() {
+    let bytes = populated();
+    let intact = try_open(bytes.clone()).expect("intact device opens");
+    for what in
+        ["copy 1 zeroed", "copy 2 zeroed", "both copies zeroed", "the first MiB zeroed", "bytes flipped in both copies"]
+    {
+        let device: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(damaged(&bytes, what)));
+        let report = fsck(device.clone()).unwrap_or_else(|e| panic!("{what}: fsck cannot check: {e}"));
+        if what.starts_with("copy") {
+            // The other copy at the start is current or older but intact: nothing to restore.
+            assert!(report.is_clean(), "{what}: {report}");
+        } else {
+            let text = report.to_string();
+            assert!(!report.is_clean(), "{what}: fsck found nothing: {text}");
+            assert!(text.contains("used the backup copy at byte"), "{what}: {text}");
+        }
+        let engine = Engine::open_or_format(device.clone(), &FormatOptions::default(), &options())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(dump(&engine), intact, "{what}: opened with different content");
+        engine.close().expect("close");
+        let report = fsck(device).expect("fsck runs");
+        assert!(report.is_clean(), "{what}: after the restoring open: {report}");
+    }
+}
+
+/// Version 1 devices (no backup copy; data from the first block of the data region) still
+/// open. Without their superblocks they are damaged, not blank: never formatted over.
+#[test]
+fn a_version_1_device_opens_and_is_not_formatted_over_when_damaged() {
+    let mut bytes = populated();
+    // Relabel as version 1: the backup block becomes free data space, which is all version 1
+    // knew of it.
+    for copy in 0..2 {
+        let at = copy * 4096;
+        bytes[at + 8..at + 12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[at..at + 4092]);
+        bytes[at + 4092..at + 4096].copy_from_slice(&crc.to_le_bytes());
+    }
+    let backup = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
+    bytes[backup..backup + 4096].fill(0);
+    let device: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(bytes.clone()));
+    let engine = Engine::open(device.clone(), &options()).expect("a version 1 device opens");
+    let base = engine.layer("child").expect("layer").id;
+    let f = engine.create(base, ROOT_INO, b"new", &NewNode::file(0o644, 0, 0)).expect("create");
+    engine.write(base, f.ino, 0, &[7; 9000]).expect("write");
+    engine.close().expect("close");
+    let report = fsck(device.clone()).expect("fsck runs");
+    assert!(report.is_clean(), "{report}");
+
+    let mut zeroed = bytes;
+    zeroed[..8192].fill(0);
+    let device: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(zeroed));
+    let err = Engine::open_or_format(device.clone(), &FormatOptions::default(), &options())
+        .expect_err("a version 1 device without superblocks is refused");
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("damaged, not blank"), "{err}");
+    let err = Engine::format(&device, &FormatOptions::default()).expect_err("format refuses too");
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err}");
+    assert!(matches!(fsck(device), Err(OpenError::Damaged { .. })));
 }

@@ -1,7 +1,7 @@
 //! End-to-end tests of `lcfsd run`: the real binary, a real FUSE mount, the API socket, the
 //! layer commands, and the faults a daemon meets: a second daemon, SIGTERM, kill -9 during
-//! heavy writes, a stale mount, a full device, a removed layer under an open file, and bad
-//! API requests.
+//! heavy writes, a stale mount, a full device, a removed layer under an open file, a zeroed
+//! start of the device, and bad API requests.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -183,6 +183,37 @@ fn serves_layers_until_sigterm_and_keeps_them_across_restarts() {
     let out = d.layer(&["remove", "base@1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("has child layers"), "{}", text(&out));
+}
+
+/// One stray write over the start of the device (both superblock copies sit in its first
+/// 8 KiB) must not make `lcfsd run` format over every image: fsck says what is damaged and
+/// what it used, and the daemon restores the superblocks from their backup and serves the
+/// committed layers as before.
+#[test]
+fn a_zeroed_start_of_the_device_is_restored_not_formatted_over() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(tmp.path(), "1G");
+    d.layer_ok(&["create", "base"]);
+    std::fs::write(d.layer_dir("base").join("kept"), b"committed before the damage").expect("write");
+    d.layer_ok(&["commit", "base", "base@1"]);
+    assert!(d.stop().success());
+
+    let device = std::fs::OpenOptions::new().write(true).open(Daemon::device(tmp.path())).expect("device");
+    device.write_all_at(&[0u8; 8192], 0).expect("zero the superblocks");
+    drop(device);
+    let out = fsck(tmp.path());
+    assert_eq!(out.status.code(), Some(1), "fsck of the damaged device: {}", text(&out));
+    assert!(text(&out).contains("used the backup copy"), "{}", text(&out));
+
+    let mut d = Daemon::start(tmp.path(), "1G");
+    assert!(d.log().contains("restoring them from the backup copy"), "{}", d.log());
+    assert!(!d.log().contains("formatted"), "{}", d.log());
+    let kept = std::fs::read(d.layer_dir("base@1").join("kept")).expect("the committed file");
+    assert_eq!(kept, b"committed before the damage");
+    assert!(d.stop().success());
+    let out = fsck(tmp.path());
+    assert_eq!(out.status.code(), Some(0), "fsck after the restoring start: {}", text(&out));
 }
 
 #[test]

@@ -224,9 +224,17 @@ impl Engine {
     /// `verify`) every metadata page have been checked.
     pub fn open(device: Arc<dyn Device>, options: &OpenOptions) -> Result<Engine, OpenError> {
         let name = device.name();
-        let mut sb = Superblock::read(device.as_ref())?;
+        let (mut sb, damage) = Superblock::read_checked(device.as_ref())?;
         if options.verify {
             verify_metadata(&device, &sb)?;
+        }
+        if let Some(damage) = damage {
+            // Both copies at the start are rewritten from the backup before anything else.
+            warn!(device = %name, %damage, "the superblocks at the start of the device were damaged; restoring them from the backup copy");
+            for _ in 0..2 {
+                sb.write_next(device.as_ref()).map_err(io_error(&name, "restoring the superblock"))?;
+            }
+            device.sync().map_err(io_error(&name, "syncing the device"))?;
         }
         if let Some(size) = options.grow_to {
             let size = size / BLOCK_SIZE * BLOCK_SIZE;
