@@ -24,9 +24,8 @@ use crate::types::{FallocateMode, FileKind, Ino, LayerId, Timestamp};
 
 use super::State;
 use super::inode::Version;
+use super::limits::MAX_FILE_SIZE;
 
-/// Largest file size: 2^43 bytes (8 TiB), so extent counts fit 32 bits.
-pub(crate) const MAX_FILE_SIZE: u64 = 1 << 43;
 const BS: u64 = BLOCK_SIZE;
 /// Device block number marking a hole in an extent.
 const HOLE: u64 = 0;

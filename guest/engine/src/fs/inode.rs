@@ -18,6 +18,7 @@ use crate::superblock::BLOCK_SIZE;
 use crate::types::{Attr, FileKind, Ino, LayerId, ROOT_INO, SetAttr, SetTime, Timestamp};
 
 use super::State;
+use super::limits::MAX_FILE_SIZE;
 
 /// The version of an inode a layer sees.
 #[derive(Clone, Debug)]
@@ -142,7 +143,7 @@ impl State {
             }
         }
         if let Some(size) = set.size
-            && size > super::data::MAX_FILE_SIZE
+            && size > MAX_FILE_SIZE
         {
             return Err(Error::FileTooLarge);
         }

@@ -12,6 +12,7 @@ use crate::store::{Table, keys};
 use crate::types::{Change, ChangeKind, FileKind, Ino, LayerId, LayerKind, NewNode, ROOT_INO, Timestamp, Usage};
 
 use super::State;
+use super::limits::LABEL_MAX;
 
 /// Checks a layer name: it is the layer's directory name in the mount, so it follows the rules
 /// of a file name.
@@ -25,9 +26,6 @@ fn check_layer_name(name: &str) -> Result<()> {
         Error::InvalidLayerName(name.chars().take(64).collect(), why)
     })
 }
-
-/// Largest label, key and value together (bytes), as containerd limits it.
-const LABEL_MAX: usize = 4096;
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in labels {

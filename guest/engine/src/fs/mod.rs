@@ -14,6 +14,7 @@ mod data;
 mod in_flight;
 mod inode;
 mod layer_ops;
+mod limits;
 mod namespace;
 mod xattr;
 
@@ -787,7 +788,7 @@ impl Engine {
             blocks_free: st.alloc.free_blocks() + st.alloc.pending_blocks(),
             files: st.next_ino + files_free,
             files_free,
-            name_max: namespace::NAME_MAX as u32,
+            name_max: limits::NAME_MAX as u32,
         })
     }
 }

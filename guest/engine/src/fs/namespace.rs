@@ -12,13 +12,7 @@ use crate::types::{Attr, DirEntry, FileKind, Ino, LayerId, NewNode, ROOT_INO, Re
 
 use super::State;
 use super::inode::Version;
-
-/// Longest file name (bytes), as Linux limits it.
-pub(crate) const NAME_MAX: usize = 255;
-/// Longest symbolic link target (bytes), as Linux limits it.
-const SYMLINK_MAX: usize = 4095;
-/// Most names one inode may have.
-const LINK_MAX: usize = 65_000;
+use super::limits::{LINK_MAX, NAME_MAX, SYMLINK_MAX};
 
 /// Checks a single path component.
 pub(crate) fn check_name(name: &[u8]) -> Result<()> {

@@ -6,13 +6,7 @@ use crate::records::InodeRecord;
 use crate::types::{Ino, Timestamp, XattrMode};
 
 use super::State;
-
-/// Longest attribute name (bytes), as Linux limits it.
-const XATTR_NAME_MAX: usize = 255;
-/// Largest attribute value (bytes), as Linux limits it.
-const XATTR_SIZE_MAX: usize = 65_536;
-/// Most attribute bytes (names and values) one inode may hold.
-const XATTR_TOTAL_MAX: usize = 256 * 1024;
+use super::limits::{XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX};
 
 fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() {
