@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lcfs_engine::LayerKind;
 use tonic::{Code, Request, Response, Status};
 
+use crate::host::Host;
 use crate::proto::diff::diff_server::Diff;
 use crate::proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
 use crate::proto::types::{Descriptor, Mount};
-use crate::service::Host;
 
 /// The media type of what Apply reports: the uncompressed layer.
 const APPLIED_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";

@@ -16,11 +16,35 @@ pub mod names;
 
 mod diff;
 mod error;
+mod host;
 mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
 
 pub use diff::Differ;
 pub use error::{CommitError, SnapshotError};
-pub use service::{Host, Snapshotter, serve};
+pub use host::Host;
+pub use service::Snapshotter;
+
+use proto::diff::diff_server::DiffServer;
+use proto::snapshots::snapshots_server::SnapshotsServer;
+
+/// Serves the Snapshots and Diff services on `listener` until `shutdown` completes.
+pub async fn serve<H: Host>(
+    host: Arc<H>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(Snapshotter::new(host.clone())))
+        .add_service(DiffServer::new(Differ::new(host)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
 
 /// Code generated from `proto/` by `build.rs`; module paths follow the protobuf packages.
 #[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]

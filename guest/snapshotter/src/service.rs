@@ -4,58 +4,20 @@
 //! tokio's blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use lcfs_engine::{Engine, LayerInfo, LayerKind};
-use tokio::net::UnixListener;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::diff::Differ;
 use crate::error::{CommitError, SnapshotError};
 use crate::filter::{self, Fields, Filter};
+use crate::host::Host;
 use crate::names::{KEY_LABEL, layer_name};
-use crate::proto::diff::diff_server::DiffServer;
-use crate::proto::snapshots::{self as pb, snapshots_server::SnapshotsServer};
+use crate::proto::snapshots as pb;
 use crate::proto::types::Mount;
-
-/// What the services need from the daemon around the engine: the mount that shows layers as
-/// directories, and containerd's content store.
-pub trait Host: Send + Sync + 'static {
-    /// The engine holding the layers.
-    fn engine(&self) -> &Engine;
-    /// The directory of layer `name` in the mount; a snapshot's mount binds it.
-    fn layer_dir(&self, name: &str) -> PathBuf;
-    /// Pushes what the mount still caches for layer `name` into the engine (before a commit).
-    fn flush_layer(&self, name: &str) -> std::io::Result<()>;
-    /// Tells the mount that these layer names appeared or disappeared. A commit reports only
-    /// the new name: the layer's directory is the same inode under it, and dropping the old
-    /// name from the kernel's cache would also drop everything cached below it (for a layer
-    /// holding 1 GiB that alone made a commit take 100 ms).
-    fn layers_changed(&self, names: &[&str]);
-    /// Freezes the writable layer `layer` as `name`: pushes what the mount caches for it into
-    /// the engine, commits it (constant time, durable), and reports only the new name to the
-    /// mount. The lcfs API's commit and the snapshotter's Commit both come here.
-    fn commit_layer(
-        &self,
-        layer: &str,
-        name: &str,
-        labels: Option<BTreeMap<String, String>>,
-    ) -> Result<LayerInfo, CommitError> {
-        self.flush_layer(layer).map_err(CommitError::Flush)?;
-        let info = self.engine().commit_layer(layer, name, labels)?;
-        self.layers_changed(&[&info.name]);
-        Ok(info)
-    }
-    /// Opens blob `digest` (`<algorithm>:<hex>`, already checked) of containerd's content
-    /// store, for the Diff service.
-    fn open_blob(&self, digest: &str) -> std::io::Result<std::fs::File>;
-}
 
 /// Snapshots sent per `List` message.
 const LIST_BATCH: usize = 100;
@@ -82,19 +44,6 @@ impl<H: Host> Snapshotter<H> {
             Err(e) => Err(SnapshotError::Task(e.to_string()).into()),
         }
     }
-}
-
-/// Serves the Snapshots and Diff services on `listener` until `shutdown` completes.
-pub async fn serve<H: Host>(
-    host: Arc<H>,
-    listener: UnixListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(Snapshotter::new(host.clone())))
-        .add_service(DiffServer::new(Differ::new(host)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
 }
 
 fn check_key(key: &str) -> Result<(), SnapshotError> {
