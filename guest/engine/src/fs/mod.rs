@@ -9,14 +9,25 @@
 //!
 //! Durability: layer create, commit and remove flush the metadata overlay durably before they
 //! return; file changes become durable on [`Engine::sync`] and at the periodic checkpoint.
+//!
+//! This module holds the `Engine` API; `options`, `open` (format and open), `checkpoint` (the
+//! checkpoint thread and the final flush) and `state` (loading and flushing the state) hold
+//! the rest of its life cycle, and `data`, `inode`, `namespace`, `xattr` and `layer_ops` the
+//! operations on the state.
 
+mod checkpoint;
 mod data;
 mod in_flight;
 mod inode;
 mod layer_ops;
 mod limits;
 mod namespace;
+mod open;
+mod options;
+mod state;
 mod xattr;
+
+pub use options::{FormatOptions, OpenOptions};
 
 pub(crate) use namespace::check_name;
 
@@ -26,90 +37,29 @@ mod race_tests;
 mod tests;
 
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::thread;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::alloc::Allocator;
 use crate::device::Device;
-use crate::error::{Error, OpenError, Result};
+use crate::error::{Error, Result};
 use crate::layers::{LayerRef, Layers};
-use crate::records::LayerRecord;
 use crate::stats::{FileCounters, FileStats, LayerStats, Op};
-use crate::store::{RegionBackend, ScratchBackend, SharedSuperblock, Store, Table, keys, lock_superblock};
-use crate::superblock::{BLOCK_SIZE, METADATA_OFFSET, Superblock};
+use crate::store::{SharedSuperblock, Store, lock_superblock};
+use crate::superblock::BLOCK_SIZE;
 use crate::types::{
     Attr, Change, DirEntry, FallocateMode, Ino, LayerId, LayerInfo, LayerKind, NewNode, RenameFlags, SetAttr, StatFs,
     Usage, XattrMode,
 };
+use checkpoint::Checkpointer;
 use in_flight::{WriteInFlight, WritesInFlight};
-
-/// Smallest data region a device may have.
-const MIN_DATA_BYTES: u64 = 16 << 20;
-
-/// How to format a device.
-#[derive(Clone, Debug, Default)]
-pub struct FormatOptions {
-    /// Grow the device (a regular file) to this many bytes first.
-    pub size: Option<u64>,
-    /// Bytes reserved for metadata; by default an eighth of the device, between 16 MiB and
-    /// 64 GiB. On a sparse file the unused part costs nothing.
-    pub metadata_bytes: Option<u64>,
-    /// Format over an existing lcfs device or foreign data.
-    pub force: bool,
-}
-
-/// How to open a device.
-#[derive(Clone, Debug)]
-pub struct OpenOptions {
-    /// Make file changes durable at this interval; `None` only on sync and layer operations.
-    pub checkpoint_interval: Option<Duration>,
-    /// Memory for cached metadata pages.
-    pub cache_bytes: usize,
-    /// Changes held in memory before they are moved to the store (not yet durably).
-    pub max_dirty_bytes: usize,
-    /// Verify the checksum of every metadata page before the first write.
-    pub verify: bool,
-    /// Grow the device to this size (regular files only).
-    pub grow_to: Option<u64>,
-    /// Count activity per layer and per file (the source of stats). On by default; off only
-    /// to measure what counting costs (`lcfs-engine-bench counters`).
-    pub counters: bool,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        OpenOptions {
-            checkpoint_interval: Some(Duration::from_secs(5)),
-            cache_bytes: 256 << 20,
-            max_dirty_bytes: 64 << 20,
-            verify: true,
-            grow_to: None,
-            counters: true,
-        }
-    }
-}
 
 /// An open device; see the module documentation.
 #[derive(Clone, Debug)]
 pub struct Engine {
     shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct StopSignal {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-}
-
-#[derive(Debug)]
-struct Checkpointer {
-    handle: thread::JoinHandle<()>,
-    stop: Arc<StopSignal>,
 }
 
 #[derive(Debug)]
@@ -150,141 +100,7 @@ pub(crate) struct State {
 
 const INODE_LOCK_STRIPES: usize = 64;
 
-fn io_error(device: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> OpenError {
-    let device = device.to_string();
-    move |source| OpenError::Io { device, what, source }
-}
-
-fn corrupt_metadata(device: &str, e: impl std::fmt::Display) -> OpenError {
-    OpenError::CorruptMetadata { device: device.to_string(), detail: e.to_string() }
-}
-
-/// Maps a failure of redb while opening to what it means for the user.
-fn open_store_error(device: &str, e: redb::Error) -> OpenError {
-    match e {
-        redb::Error::DatabaseAlreadyOpen => OpenError::InUse { device: device.to_string() },
-        // redb reports a malformed header as invalid data; that is corruption, not a failing disk.
-        redb::Error::Io(source)
-            if matches!(source.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
-        {
-            corrupt_metadata(device, source)
-        }
-        redb::Error::Io(source) => OpenError::Io { device: device.to_string(), what: "reading metadata", source },
-        other => corrupt_metadata(device, other),
-    }
-}
-
 impl Engine {
-    /// Formats `device` as an empty lcfs device (no layers).
-    pub fn format(device: &Arc<dyn Device>, options: &FormatOptions) -> Result<(), OpenError> {
-        let name = device.name();
-        if !options.force {
-            match Superblock::read(device.as_ref()) {
-                Ok(_) => return Err(OpenError::AlreadyFormatted { device: name }),
-                Err(OpenError::Blank { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if let Some(size) = options.size {
-            device.grow(size).map_err(io_error(&name, "growing the device"))?;
-        }
-        let len = device.len().map_err(io_error(&name, "reading the device size"))?;
-        let len = len / BLOCK_SIZE * BLOCK_SIZE;
-        let meta = options.metadata_bytes.unwrap_or((len / 8).clamp(16 << 20, 64 << 30));
-        let meta = meta.div_ceil(1 << 20) << 20;
-        if len < METADATA_OFFSET + meta + MIN_DATA_BYTES {
-            return Err(OpenError::BadGeometry {
-                device: name,
-                detail: format!(
-                    "{len} bytes is too small: {meta} bytes of metadata and at least {MIN_DATA_BYTES} bytes of data need {} bytes",
-                    METADATA_OFFSET + meta + MIN_DATA_BYTES
-                ),
-            });
-        }
-        let mut sb = Superblock::new(len, meta);
-        // The region may hold old bytes (a reused device). If it can be zeroed cheaply now, the
-        // store's growth needs no zeroing; otherwise zero whatever the store grows into.
-        let zeroed = device
-            .zero_range(sb.meta_offset, sb.meta_capacity)
-            .map_err(io_error(&name, "zeroing the metadata region"))?;
-        sb.meta_high_water = if zeroed { 0 } else { sb.meta_capacity };
-        sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
-        sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
-        device.sync().map_err(io_error(&name, "syncing the device"))?;
-        let sb = Arc::new(Mutex::new(sb));
-        let mut store =
-            Store::create(RegionBackend::new(device.clone(), sb), 8 << 20).map_err(|e| open_store_error(&name, e))?;
-        store.put(Table::Meta, keys::META_NEXT_INO.to_vec(), 2u64.to_be_bytes().to_vec());
-        store.put(Table::Meta, keys::META_NEXT_LAYER.to_vec(), 1u64.to_be_bytes().to_vec());
-        store.flush(true).map_err(|e| corrupt_metadata(&name, e))?;
-        info!(device = %name, bytes = len, metadata_bytes = meta, "formatted");
-        Ok(())
-    }
-
-    /// Opens a formatted device. Nothing is written before the superblock and (with
-    /// `verify`) every metadata page have been checked.
-    pub fn open(device: Arc<dyn Device>, options: &OpenOptions) -> Result<Engine, OpenError> {
-        let name = device.name();
-        let (mut sb, damage) = Superblock::read_checked(device.as_ref())?;
-        if options.verify {
-            verify_metadata(&device, &sb)?;
-        }
-        if let Some(damage) = damage {
-            // Both copies at the start are rewritten from the backup before anything else.
-            warn!(device = %name, %damage, "the superblocks at the start of the device were damaged; restoring them from the backup copy");
-            for _ in 0..2 {
-                sb.write_next(device.as_ref()).map_err(io_error(&name, "restoring the superblock"))?;
-            }
-            device.sync().map_err(io_error(&name, "syncing the device"))?;
-        }
-        if let Some(size) = options.grow_to {
-            let size = size / BLOCK_SIZE * BLOCK_SIZE;
-            if size > sb.device_size {
-                device.grow(size).map_err(io_error(&name, "growing the device"))?;
-                sb.device_size = size;
-                sb.write_next(device.as_ref()).map_err(io_error(&name, "writing the superblock"))?;
-                device.sync().map_err(io_error(&name, "syncing the device"))?;
-                info!(device = %name, bytes = size, "grew the device");
-            }
-        }
-        let superblock = Arc::new(Mutex::new(sb));
-        let store = Store::open(RegionBackend::new(device.clone(), superblock.clone()), options.cache_bytes, false)
-            .map_err(|e| open_store_error(&name, e))?;
-        let mut state = State::load(store, device.clone(), superblock).map_err(|e| corrupt_metadata(&name, e))?;
-        state.finish_orphans().map_err(|e| corrupt_metadata(&name, e))?;
-        let shared = Arc::new(Shared {
-            device,
-            device_name: name,
-            state: RwLock::new(state),
-            inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            writes: WritesInFlight::default(),
-            failed: AtomicBool::new(false),
-            data_dirty: AtomicBool::new(false),
-            files: FileCounters::default(),
-            counting: options.counters,
-            max_dirty_bytes: options.max_dirty_bytes,
-            checkpointer: Mutex::new(None),
-        });
-        if let Some(interval) = options.checkpoint_interval {
-            start_checkpointer(&shared, interval);
-        }
-        Ok(Engine { shared })
-    }
-
-    /// Opens `device`, formatting it first if it is blank.
-    pub fn open_or_format(
-        device: Arc<dyn Device>,
-        format: &FormatOptions,
-        options: &OpenOptions,
-    ) -> Result<Engine, OpenError> {
-        match Superblock::read(device.as_ref()) {
-            Err(OpenError::Blank { .. }) => Engine::format(&device, format)?,
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        Engine::open(device, options)
-    }
-
     /// Makes everything durable and closes the device. Dropping the last handle does the same
     /// but can only log a failure.
     pub fn close(self) -> Result<()> {
@@ -790,227 +606,5 @@ impl Engine {
             files_free,
             name_max: limits::NAME_MAX as u32,
         })
-    }
-}
-
-impl Shared {
-    fn stop_checkpointer(&self) {
-        let taken = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(c) = taken {
-            *c.stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            c.stop.wake.notify_all();
-            if c.handle.thread().id() != thread::current().id() {
-                let _ = c.handle.join();
-            }
-        }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.stop_checkpointer();
-        if self.failed.load(Ordering::Acquire) {
-            return;
-        }
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self.device.sync().map_err(Error::Io).and_then(|()| state.flush(true)) {
-            error!(device = %self.device_name, error = %e, "final flush failed; changes since the last durable point are lost");
-        }
-    }
-}
-
-fn start_checkpointer(shared: &Arc<Shared>, interval: Duration) {
-    let stop = Arc::new(StopSignal { stopped: Mutex::new(false), wake: Condvar::new() });
-    let weak = Arc::downgrade(shared);
-    let thread_stop = stop.clone();
-    let spawned = thread::Builder::new().name("lcfs-checkpoint".into()).spawn(move || {
-        loop {
-            let stopped = thread_stop.stopped.lock().unwrap_or_else(|e| e.into_inner());
-            let (stopped, _) = thread_stop.wake.wait_timeout(stopped, interval).unwrap_or_else(|e| e.into_inner());
-            if *stopped {
-                return;
-            }
-            drop(stopped);
-            let Some(shared) = weak.upgrade() else { return };
-            let engine = Engine { shared };
-            if engine.is_dirty()
-                && let Err(e) = engine.sync()
-            {
-                warn!(error = %e, "checkpoint failed");
-            }
-        }
-    });
-    match spawned {
-        Ok(handle) => {
-            *shared.checkpointer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Checkpointer { handle, stop });
-        }
-        Err(e) => {
-            error!(error = %e, "cannot start the checkpoint thread; changes become durable on sync only")
-        }
-    }
-}
-
-/// Checks every metadata page without writing: redb opens (and if needed repairs) the store
-/// on a backend that keeps its writes in memory.
-fn verify_metadata(device: &Arc<dyn Device>, sb: &Superblock) -> Result<(), OpenError> {
-    let name = device.name();
-    let scratch = ScratchBackend::new(device.clone(), sb);
-    let store = Store::open(scratch, 16 << 20, true).map_err(|e| open_store_error(&name, e))?;
-    drop(store);
-    Ok(())
-}
-
-impl State {
-    /// Loads layers and derives free space from the extents.
-    pub(crate) fn load(store: Store, device: Arc<dyn Device>, superblock: SharedSuperblock) -> Result<State> {
-        let read_counter = |key: &[u8]| -> Result<u64> {
-            let v = store
-                .get(Table::Meta, key)?
-                .ok_or_else(|| Error::Corrupt(format!("the meta table lacks {:?}", String::from_utf8_lossy(key))))?;
-            keys::be64(&v, 0).filter(|_| v.len() == 8).ok_or_else(|| Error::Corrupt("malformed counter".into()))
-        };
-        let next_ino = read_counter(keys::META_NEXT_INO)?;
-        let next_layer = read_counter(keys::META_NEXT_LAYER)?;
-        let mut records = Vec::new();
-        store.scan(Table::Layers, (Bound::Unbounded, Bound::Unbounded), crate::store::Dir::Forward, |k, v| {
-            let id = keys::be64(k, 0)
-                .filter(|_| k.len() == 8)
-                .ok_or_else(|| Error::Corrupt("malformed layer key".into()))?;
-            let rec = LayerRecord::decode(v).map_err(|e| Error::Corrupt(format!("layer {id}: {e}")))?;
-            records.push((LayerId(id), rec));
-            Ok(true)
-        })?;
-        let layers = Layers::load(records).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let (start, end) = lock_superblock(&superblock).data_blocks();
-        let mut alloc = Allocator::new(start, end);
-        store.scan(Table::Extents, (Bound::Unbounded, Bound::Unbounded), crate::store::Dir::Forward, |k, v| {
-            let (layer, ino, fb) = keys::parse_extent(k).ok_or_else(|| Error::Corrupt("malformed extent key".into()))?;
-            let (phys, n) =
-                keys::parse_extent_value(v).ok_or_else(|| Error::Corrupt("malformed extent value".into()))?;
-            if phys != 0 {
-                alloc.mark_used(phys, u64::from(n)).map_err(|c| {
-                    Error::Corrupt(format!(
-                        "blocks {}..{} of inode {ino} (file block {fb}) in layer {layer} are outside the data area or claimed twice",
-                        c.start,
-                        c.start + c.len
-                    ))
-                })?;
-            }
-            Ok(true)
-        })?;
-        Ok(State {
-            store,
-            layers,
-            alloc,
-            superblock,
-            device,
-            next_ino,
-            next_ino_stored: next_ino,
-            next_layer,
-            next_layer_stored: next_layer,
-            open: HashMap::new(),
-            finished: Vec::new(),
-        })
-    }
-
-    /// The layer with this id.
-    pub(crate) fn layer(&self, id: LayerId) -> Result<LayerRef> {
-        self.layers.layer_ref(id).ok_or_else(|| Error::LayerNotFound(format!("#{id}")))
-    }
-
-    /// The layer with this id, which must accept changes.
-    fn writable(&self, id: LayerId) -> Result<LayerRef> {
-        let l = self.layer(id)?;
-        if l.kind != LayerKind::Writable {
-            let name = self.layers.get(id).map(|x| x.record.name.clone()).unwrap_or_default();
-            return Err(Error::LayerKind { name, kind: l.kind.as_str(), needed: "it cannot be changed" });
-        }
-        Ok(l)
-    }
-
-    fn info(&self, id: LayerId) -> Result<LayerInfo> {
-        let layer = self.layers.get(id).ok_or_else(|| Error::LayerNotFound(format!("#{id}")))?;
-        Ok(self.layers.info(layer))
-    }
-
-    /// Writes what only lives in memory into the overlay, then the overlay into the store.
-    pub(crate) fn flush(&mut self, durable: bool) -> Result<()> {
-        let dirty: Vec<LayerId> = self.layers.iter().filter(|l| l.dirty).map(|l| l.id).collect();
-        for id in dirty {
-            if let Some(layer) = self.layers.get_mut(id) {
-                layer.dirty = false;
-                let bytes = layer.record.encode();
-                self.store.put(Table::Layers, keys::layer(id), bytes);
-            }
-        }
-        if self.next_ino != self.next_ino_stored {
-            self.store.put(Table::Meta, keys::META_NEXT_INO.to_vec(), self.next_ino.to_be_bytes().to_vec());
-            self.next_ino_stored = self.next_ino;
-        }
-        if self.next_layer != self.next_layer_stored {
-            self.store.put(Table::Meta, keys::META_NEXT_LAYER.to_vec(), self.next_layer.to_be_bytes().to_vec());
-            self.next_layer_stored = self.next_layer;
-        }
-        if let Err(e) = self.store.flush(durable) {
-            self.store.discard_overlay();
-            return Err(e);
-        }
-        if durable {
-            self.discard_pending();
-            self.alloc.release_pending();
-        }
-        Ok(())
-    }
-
-    /// Gives the space of blocks whose freeing is now durable back to the medium (a hole in a
-    /// device file, so deleted data stops occupying the host's disk). Done before the blocks
-    /// can be reused, so it never races a new write; a failure only costs host space.
-    fn discard_pending(&self) {
-        for (start, len) in self.alloc.pending_runs() {
-            if let Err(e) = self.device.zero_range(start * BLOCK_SIZE, len * BLOCK_SIZE) {
-                warn!(error = %e, "could not give freed space back to the device");
-                return;
-            }
-        }
-    }
-
-    /// Moves the overlay into the store when it holds more than `max` bytes.
-    fn bound_overlay(&mut self, max: usize) -> Result<()> {
-        if self.store.overlay_bytes() > max { self.flush(false) } else { Ok(()) }
-    }
-
-    /// Refuses operations that add metadata when the metadata region is nearly full.
-    fn ensure_metadata_room(&mut self, op: Op) -> Result<()> {
-        if matches!(op, Op::Remove | Op::SetAttr) {
-            return Ok(());
-        }
-        let (capacity, used) = {
-            let sb = lock_superblock(&self.superblock);
-            (sb.meta_capacity, sb.meta_len)
-        };
-        let reserve = (capacity / 16).max(4 << 20);
-        let pending = 4 * self.store.overlay_bytes() as u64;
-        if used + pending + reserve <= capacity {
-            return Ok(());
-        }
-        // The store may have free pages inside; a durable flush lets it reuse them.
-        self.flush(true)?;
-        let used = lock_superblock(&self.superblock).meta_len;
-        if used + reserve > capacity { Err(Error::NoMetadataSpace) } else { Ok(()) }
-    }
-
-    pub(crate) fn new_ino(&mut self) -> Ino {
-        let ino = Ino(self.next_ino);
-        self.next_ino += 1;
-        ino
-    }
-
-    pub(crate) fn add_usage(&mut self, layer: LayerId, blocks: i64, inodes: i64) {
-        if let Some(l) = self.layers.get_mut(layer) {
-            let u = &mut l.record.usage;
-            u.bytes = u.bytes.saturating_add_signed(blocks * BLOCK_SIZE as i64);
-            u.inodes = u.inodes.saturating_add_signed(inodes);
-            l.dirty = true;
-        }
     }
 }
