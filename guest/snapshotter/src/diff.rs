@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lcfs_engine::LayerKind;
 use tonic::{Code, Request, Response, Status};
 
+use crate::content;
 use crate::host::Host;
 use crate::proto::diff::diff_server::Diff;
 use crate::proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
@@ -95,7 +96,7 @@ impl<H: Host> Diff for Differ<H> {
         if !lcfs_unpack::supported_media_type(&desc.media_type) {
             return Err(ApplyError::NotOurs(format!("lcfs does not apply layers of type {:?}", desc.media_type)).into());
         }
-        check_digest(&desc.digest)?;
+        content::check_digest(&desc.digest).map_err(ApplyError::InvalidArgument)?;
         let host = self.host.clone();
         let started = std::time::Instant::now();
         // tonic drops this future when the call is cancelled; the guard then stops the apply.
@@ -190,36 +191,4 @@ fn layer_of<H: Host>(host: &H, mounts: &[Mount]) -> Result<String, ApplyError> {
         return Err(not_ours());
     }
     Ok(name.to_string())
-}
-
-/// Refuses digests that are not `<algorithm>:<lowercase hex>` of a known algorithm, so the
-/// digest can name a file.
-fn check_digest(digest: &str) -> Result<(), ApplyError> {
-    let bad = || ApplyError::InvalidArgument(format!("bad layer digest {digest:?}"));
-    let (algorithm, hex) = digest.split_once(':').ok_or_else(bad)?;
-    let len = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => return Err(bad()),
-    };
-    if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(bad());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_well_formed_digests_name_a_blob() {
-        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
-        assert!(check_digest(&format!("sha512:{}", "0".repeat(128))).is_ok());
-        for bad in ["", "sha256", "sha256:abc", "md5:00", &format!("sha256:{}", "A".repeat(64))] {
-            assert!(check_digest(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_digest(&format!("sha256:../{}", "a".repeat(61))).is_err());
-    }
 }

@@ -11,9 +11,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod content;
 pub mod filter;
 pub mod names;
 
+mod convert;
 mod diff;
 mod error;
 mod host;

@@ -12,8 +12,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
+use crate::convert::{self, snapshot_info};
 use crate::error::{CommitError, SnapshotError};
-use crate::filter::{self, Fields, Filter};
+use crate::filter::{self, Filter};
 use crate::host::Host;
 use crate::names::{KEY_LABEL, layer_name};
 use crate::proto::snapshots as pb;
@@ -86,26 +87,6 @@ fn kind_name(kind: LayerKind) -> &'static str {
     }
 }
 
-/// The snapshot's description for containerd; `parent_key` is the parent snapshot's key.
-fn snapshot_info(layer: LayerInfo, parent_key: String) -> pb::Info {
-    let kind = match layer.kind {
-        LayerKind::Writable => pb::Kind::Active,
-        LayerKind::Committed => pb::Kind::Committed,
-        LayerKind::View => pb::Kind::View,
-    };
-    let time = |t: lcfs_engine::Timestamp| prost_types::Timestamp { seconds: t.secs, nanos: t.nsecs as i32 };
-    let mut labels: HashMap<String, String> = layer.labels.into_iter().collect();
-    let name = labels.remove(KEY_LABEL).unwrap_or(layer.name);
-    pb::Info {
-        name,
-        parent: parent_key,
-        kind: kind.into(),
-        created_at: Some(time(layer.created)),
-        updated_at: Some(time(layer.updated)),
-        labels,
-    }
-}
-
 /// Describes snapshot `key`, looking up its parent's key.
 fn stat(engine: &Engine, key: &str) -> Result<pb::Info, SnapshotError> {
     let layer = find(engine, key)?;
@@ -117,23 +98,6 @@ fn stat(engine: &Engine, key: &str) -> Result<pb::Info, SnapshotError> {
         None => String::new(),
     };
     Ok(snapshot_info(layer, parent_key))
-}
-
-impl Fields for pb::Info {
-    fn field(&self, path: &[String]) -> Option<String> {
-        match path.first().map(String::as_str)? {
-            "name" => Some(self.name.clone()),
-            "parent" => Some(self.parent.clone()),
-            "kind" => match self.kind() {
-                pb::Kind::Active => Some("active".to_string()),
-                pb::Kind::View => Some("view".to_string()),
-                pb::Kind::Committed => Some("committed".to_string()),
-                pb::Kind::Unknown => None,
-            },
-            "labels" => self.labels.get(&path[1..].join(".")).cloned(),
-            _ => None,
-        }
-    }
 }
 
 fn mounts_of<H: Host>(host: &H, key: &str, layer: &LayerInfo) -> Result<Vec<Mount>, SnapshotError> {
@@ -148,12 +112,7 @@ fn mounts_of<H: Host>(host: &H, key: &str, layer: &LayerInfo) -> Result<Vec<Moun
             });
         }
     };
-    Ok(vec![Mount {
-        r#type: "bind".to_string(),
-        source: host.layer_dir(&layer.name).display().to_string(),
-        target: String::new(),
-        options: vec!["rbind".to_string(), access.to_string()],
-    }])
+    Ok(vec![convert::bind_mount(&host.layer_dir(&layer.name), access)])
 }
 
 /// Prepare and View: a new layer on a committed parent.

@@ -46,10 +46,8 @@ impl lcfs_snapshotter::Host for Daemon {
         self.invalidate(names);
     }
     fn open_blob(&self, digest: &str) -> std::io::Result<std::fs::File> {
-        // The content store's layout: blobs/<algorithm>/<hex>. The digest was checked, so it
-        // cannot climb out of the store.
-        let (algorithm, hex) = digest.split_once(':').unwrap_or(("", digest));
-        let path = self.containerd_root.join("io.containerd.content.v1.content/blobs").join(algorithm).join(hex);
+        let path = lcfs_snapshotter::content::blob_path(&self.containerd_root, digest)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         std::fs::File::open(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 }
