@@ -611,7 +611,166 @@ impl LcfsFs {
 
 #[cfg(test)]
 mod tests {
+    //! The operations over an engine on a memory device: no root, no `/dev/fuse` needed. The
+    //! end-to-end tests under `tests/` run the same behaviour through a real mount.
+
+    use std::collections::BTreeMap;
+
+    use lcfs_engine::device::{Device, MemDevice};
+    use lcfs_engine::{FormatOptions, OpenOptions};
+
     use super::*;
+
+    const ROOT_CALLER: Caller = Caller { uid: 0, gid: 0 };
+
+    fn fs() -> LcfsFs {
+        let device: Arc<dyn Device> = Arc::new(MemDevice::new(64 << 20));
+        Engine::format(&device, &FormatOptions::default()).expect("format");
+        let options = OpenOptions { checkpoint_interval: None, ..OpenOptions::default() };
+        LcfsFs::new(Engine::open(device, &options).expect("open"), true)
+    }
+
+    /// Creates writable layer `name` (on `parent`) and returns its directory's number.
+    fn layer(fs: &LcfsFs, name: &str, parent: Option<&str>) -> INodeNo {
+        fs.engine.create_layer(name, parent, LayerKind::Writable, BTreeMap::new()).expect("layer");
+        fs.lookup(INodeNo::ROOT, name.as_bytes()).expect("layer directory").attr.ino
+    }
+
+    fn write_file(fs: &LcfsFs, dir: INodeNo, name: &str, data: &[u8]) -> INodeNo {
+        let (attr, fh) = fs.create(ROOT_CALLER, dir, name.as_bytes(), 0o644, 0o022, libc::O_RDWR).expect("create");
+        assert_eq!(fs.write(attr.ino, 0, data, false).expect("write") as usize, data.len());
+        fs.release(fh);
+        attr.ino
+    }
+
+    fn read_all(fs: &LcfsFs, ino: INodeNo) -> Vec<u8> {
+        let size = fs.getattr(ino).expect("getattr").attr.size as usize;
+        let mut buf = vec![0u8; size + 10];
+        let n = fs.read(ino, 0, &mut buf).expect("read");
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn the_mount_root_shows_layers_and_a_missing_file_is_a_negative_entry() {
+        let fs = fs();
+        let dir = layer(&fs, "base", None);
+        assert_eq!(fs.getattr(INodeNo::ROOT).expect("root").attr.kind, FileType::Directory);
+        assert_eq!(fs.lookup(INodeNo::ROOT, b"missing-layer").map(|_| ()), Err(Errno::ENOENT));
+        let miss = fs.lookup(dir, b"missing-file").expect("a miss is an answer");
+        assert_eq!((miss.attr.ino, miss.ttl), (INodeNo(0), FILE_TTL), "a negative entry the kernel may keep");
+        let fh = fs.opendir(INodeNo::ROOT).expect("opendir");
+        let names: Vec<_> = fs.listing(fh).expect("listing").entries_after(0).map(|(_, d)| d.name.clone()).collect();
+        assert!(names.iter().any(|n| n == "base"), "{names:?}");
+        fs.release(fh);
+    }
+
+    #[test]
+    fn data_written_reads_back_and_a_child_layer_sees_its_parent() {
+        let fs = fs();
+        let base = layer(&fs, "base", None);
+        let f = write_file(&fs, base, "f", b"hello lcfs");
+        assert_eq!(read_all(&fs, f), b"hello lcfs");
+        fs.engine.commit_layer("base", "base@1", None).expect("commit");
+        let child = layer(&fs, "child", Some("base@1"));
+        let inherited = fs.lookup(child, b"f").expect("lookup").attr.ino;
+        assert_eq!(read_all(&fs, inherited), b"hello lcfs");
+        assert_eq!(fs.write(inherited, 0, b"HELLO", false).expect("copy on write"), 5);
+        assert_eq!(read_all(&fs, inherited), b"HELLO lcfs");
+        let committed = fs.lookup(INodeNo::ROOT, b"base@1").expect("committed layer").attr.ino;
+        let original = fs.lookup(committed, b"f").expect("lookup").attr.ino;
+        assert_eq!(read_all(&fs, original), b"hello lcfs", "the parent does not change");
+    }
+
+    #[test]
+    fn committed_layers_are_read_only_and_nothing_crosses_layers() {
+        let fs = fs();
+        let a = layer(&fs, "a", None);
+        let f = write_file(&fs, a, "f", b"x");
+        let b = layer(&fs, "b", None);
+        assert_eq!(fs.link(f, b, b"g").map(|_| ()), Err(Errno::EXDEV));
+        assert_eq!(fs.rename(a, b"f", b, b"g", 0), Err(Errno::EXDEV));
+        fs.engine.commit_layer("a", "a@1", None).expect("commit");
+        let committed = fs.lookup(INodeNo::ROOT, b"a@1").expect("layer").attr.ino;
+        let created = fs.create(ROOT_CALLER, committed, b"new", 0o644, 0, libc::O_RDWR);
+        assert_eq!(created.map(|_| ()), Err(Errno::EROFS));
+        let f = fs.lookup(committed, b"f").expect("lookup").attr.ino;
+        assert_eq!(fs.write(f, 0, b"y", false), Err(Errno::EROFS));
+        assert_eq!(fs.unlink(committed, b"f"), Err(Errno::EROFS));
+    }
+
+    #[test]
+    fn a_set_group_id_directory_hands_its_group_down() {
+        let fs = fs();
+        let l = layer(&fs, "l", None);
+        let dir = fs.mkdir(ROOT_CALLER, l, b"shared", 0o2775, 0).expect("mkdir");
+        let set = SetAttr { gid: Some(50), ..SetAttr::default() };
+        fs.setattr(ROOT_CALLER, dir.ino, &set).expect("chgrp");
+        fs.setattr(ROOT_CALLER, dir.ino, &SetAttr { perm: Some(0o2775), ..SetAttr::default() }).expect("chmod");
+        let user = Caller { uid: 1000, gid: 1000 };
+        let (file, fh) = fs.create(user, dir.ino, b"f", 0o644, 0o022, libc::O_RDWR).expect("create");
+        fs.release(fh);
+        assert_eq!((file.uid, file.gid), (1000, 50), "the file takes the directory's group");
+        let sub = fs.mkdir(user, dir.ino, b"sub", 0o755, 0o022).expect("mkdir");
+        assert_eq!(sub.gid, 50);
+        assert_ne!(u32::from(sub.perm) & libc::S_ISGID, 0, "a subdirectory inherits the bit");
+    }
+
+    #[test]
+    fn xattrs_answer_size_first_and_refuse_a_short_buffer() {
+        let fs = fs();
+        let l = layer(&fs, "l", None);
+        let f = write_file(&fs, l, "f", b"");
+        fs.setxattr(f, b"user.k", b"value", 0, 0).expect("setxattr");
+        assert_eq!(fs.getxattr(f, b"user.k", 0), Ok(XattrAnswer::Size(5)));
+        assert_eq!(fs.getxattr(f, b"user.k", 5), Ok(XattrAnswer::Data(b"value".to_vec())));
+        assert_eq!(fs.getxattr(f, b"user.k", 2), Err(Errno::ERANGE));
+        assert_eq!(fs.listxattr(f, 0), Ok(XattrAnswer::Size(7)), "\"user.k\\0\"");
+        assert!(fs.getxattr(f, b"user.missing", 0).is_err());
+    }
+
+    #[test]
+    fn a_listing_keeps_its_offsets_while_the_directory_changes() {
+        let fs = fs();
+        let l = layer(&fs, "l", None);
+        for name in ["a", "b", "c"] {
+            write_file(&fs, l, name, b"");
+        }
+        let fh = fs.opendir(l).expect("opendir");
+        fs.unlink(l, b"a").expect("unlink");
+        write_file(&fs, l, "d", b"");
+        let listing = fs.listing(fh).expect("listing");
+        let all: Vec<_> = listing.entries_after(0).map(|(next, d)| (next, d.name.clone())).collect();
+        let names: Vec<_> = all.iter().map(|(_, n)| n.to_string_lossy().into_owned()).collect();
+        assert!(names.contains(&"a".to_string()) && !names.contains(&"d".to_string()), "{names:?}");
+        // Resuming after the first entry gives the rest, in the same order.
+        let rest: Vec<_> = listing.entries_after(all[0].0).map(|(_, d)| d.name.clone()).collect();
+        assert_eq!(rest, all[1..].iter().map(|(_, n)| n.clone()).collect::<Vec<_>>());
+        fs.release(fh);
+    }
+
+    #[test]
+    fn an_unlinked_open_file_reads_until_its_release() {
+        let fs = fs();
+        let l = layer(&fs, "l", None);
+        let f = write_file(&fs, l, "f", b"still here");
+        let fh = fs.open(f, libc::O_RDONLY).expect("open");
+        fs.unlink(l, b"f").expect("unlink");
+        assert_eq!(read_all(&fs, f), b"still here");
+        fs.release(fh);
+        assert_eq!(fs.getattr(f).map(|_| ()), Err(Errno::ESTALE), "gone with its last handle");
+    }
+
+    #[test]
+    fn statfs_counts_the_devices_blocks() {
+        let fs = fs();
+        let before = fs.statfs().expect("statfs");
+        assert!(before.blocks > 0 && before.blocks_free <= before.blocks);
+        let l = layer(&fs, "l", None);
+        write_file(&fs, l, "f", &vec![7u8; 1 << 20]);
+        let after = fs.statfs().expect("statfs");
+        assert!(after.blocks_free + 256 <= before.blocks_free, "{before:?} then {after:?}");
+    }
 
     #[test]
     fn xattr_answers_follow_the_callers_buffer() {
