@@ -166,21 +166,46 @@ fn check_tables(
     report: &mut FsckReport,
     superblock: &crate::store::SharedSuperblock,
 ) -> Result<Option<usize>, Error> {
-    let all = (Bound::Unbounded, Bound::Unbounded);
+    let Some((next_ino, next_layer)) = read_counters(store, report)? else { return Ok(None) };
+    let Some(records) = check_layers(store, report, next_layer)? else { return Ok(None) };
+    let mut tables = Tables { store, report, next_ino, records, versions: HashMap::new() };
+    tables.check_inodes()?;
+    tables.check_ownership()?;
+    tables.check_dirents()?;
+    tables.check_extents(superblock)?;
+    tables.check_dir_changes()?;
+    tables.check_orphans()?;
+    Ok(Some(tables.records.len()))
+}
+
+const ALL: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Unbounded, Bound::Unbounded);
+
+/// The inode and layer counters of the meta table.
+fn read_counters(store: &crate::store::Store, report: &mut FsckReport) -> Result<Option<(u64, u64)>, Error> {
     let mut counters = BTreeMap::new();
-    store.scan(Table::Meta, all, Dir::Forward, |k, v| {
+    store.scan(Table::Meta, ALL, Dir::Forward, |k, v| {
         counters.insert(k.to_vec(), v.to_vec());
         Ok(true)
     })?;
     let counter = |k: &[u8]| counters.get(k).filter(|v| v.len() == 8).and_then(|v| keys::be64(v, 0));
-    let (Some(next_ino), Some(next_layer)) = (counter(keys::META_NEXT_INO), counter(keys::META_NEXT_LAYER)) else {
-        report.problem("the meta table lacks the inode or layer counter");
-        return Ok(None);
-    };
+    match (counter(keys::META_NEXT_INO), counter(keys::META_NEXT_LAYER)) {
+        (Some(next_ino), Some(next_layer)) => Ok(Some((next_ino, next_layer))),
+        _ => {
+            report.problem("the meta table lacks the inode or layer counter");
+            Ok(None)
+        }
+    }
+}
 
+/// The layer records, if every one decodes and together they form a tree.
+fn check_layers(
+    store: &crate::store::Store,
+    report: &mut FsckReport,
+    next_layer: u64,
+) -> Result<Option<HashMap<LayerId, LayerRecord>>, Error> {
     let mut records: HashMap<LayerId, LayerRecord> = HashMap::new();
     let mut broken_layers = false;
-    store.scan(Table::Layers, all, Dir::Forward, |k, v| {
+    store.scan(Table::Layers, ALL, Dir::Forward, |k, v| {
         match (keys::be64(k, 0).filter(|_| k.len() == 8), LayerRecord::decode(v)) {
             (Some(id), Ok(r)) => {
                 if id >= next_layer {
@@ -206,161 +231,218 @@ fn check_tables(
         report.problem(format!("the layers do not form a tree: {e}"));
         return Ok(None);
     }
-    let label = |id: LayerId| layer_label(&records, id);
+    Ok(Some(records))
+}
 
-    // Inode versions and the per-layer index must mirror each other.
-    let mut versions: HashMap<(LayerId, Ino), InodeRecord> = HashMap::new();
-    store.scan(Table::Inodes, all, Dir::Forward, |k, v| {
-        report.inodes += 1;
-        let Some((ino, depth, layer)) = keys::parse_inode(k) else {
-            report.problem("an inode row has a malformed key");
-            return Ok(true);
-        };
-        let Some(lr) = records.get(&layer) else {
-            report.problem(format!("inode {ino} has a version in {}, which does not exist (leaked)", label(layer)));
-            return Ok(true);
-        };
-        if lr.depth != depth {
-            report.problem(format!(
-                "inode {ino} in {} is filed under depth {depth}, the layer is at depth {}",
-                label(layer),
-                lr.depth
-            ));
-        }
-        if ino.0 == 0 || ino.0 >= next_ino {
-            report.problem(format!("inode number {ino} in {} is outside the allocated range", label(layer)));
-        }
-        match InodeRecord::decode(v) {
-            Ok(r) => {
-                versions.insert((layer, ino), r);
-            }
-            Err(e) => report.problem(format!("inode {ino} in {}: {e}", label(layer))),
-        }
-        Ok(true)
-    })?;
-    let mut owned = 0u64;
-    store.scan(Table::LayerInodes, all, Dir::Forward, |k, v| {
-        owned += 1;
-        match keys::parse_pair(k) {
-            Some((layer, ino)) => {
-                if v != [keys::OWN_CREATED] && v != [keys::OWN_COPIED] {
-                    report.problem(format!(
-                        "ownership row of inode {ino} in {} has an unknown value",
-                        label(LayerId(layer))
-                    ));
-                }
-                if !versions.contains_key(&(LayerId(layer), Ino(ino))) {
-                    report.problem(format!(
-                        "{} lists inode {ino} as its own but holds no version of it",
-                        label(LayerId(layer))
-                    ));
-                }
-            }
-            None => report.problem("an ownership row has a malformed key"),
-        }
-        Ok(true)
-    })?;
-    if owned != report.inodes {
-        report.problem(format!("{} inode versions but {owned} ownership rows", report.inodes));
+/// What the row checks of the inode-level tables share: the layers, and the inode versions
+/// once [`Tables::check_inodes`] has read them.
+struct Tables<'a> {
+    store: &'a crate::store::Store,
+    report: &'a mut FsckReport,
+    next_ino: u64,
+    records: HashMap<LayerId, LayerRecord>,
+    versions: HashMap<(LayerId, Ino), InodeRecord>,
+}
+
+impl Tables<'_> {
+    fn label(&self, id: LayerId) -> String {
+        layer_label(&self.records, id)
     }
 
-    // Directory entries live in directory versions and name live inodes.
-    store.scan(Table::Dirents, all, Dir::Forward, |k, v| {
-        report.entries += 1;
-        let (Some((layer, dir, name)), Some((ino, _))) = (keys::parse_dirent(k), keys::parse_dirent_value(v)) else {
-            report.problem("a directory entry is malformed");
-            return Ok(true);
-        };
-        let shown = String::from_utf8_lossy(name);
-        match versions.get(&(layer, dir)) {
-            Some(d) if d.kind == FileKind::Directory && !d.is_dead() => {}
-            _ => report.problem(format!(
-                "entry {shown:?} in {} belongs to directory {dir}, which the layer does not hold (leaked)",
-                label(layer)
-            )),
-        }
-        if let Err(e) = crate::fs::check_name(name) {
-            report.problem(format!("entry {shown:?} of directory {dir} in {}: {e}", label(layer)));
-        }
-        if ino.0 == 0 || ino.0 >= next_ino {
-            report.problem(format!(
-                "entry {shown:?} of directory {dir} in {} names inode {ino}, which was never allocated",
-                label(layer)
-            ));
-        }
-        Ok(true)
-    })?;
-
-    // Extents: owned by a live regular file, inside the data area, never overlapping.
-    let (data_start, data_end) = lock_superblock(superblock).data_blocks();
-    let mut runs: Vec<(u64, u64, LayerId, Ino)> = Vec::new();
-    store.scan(Table::Extents, all, Dir::Forward, |k, v| {
-        report.extents += 1;
-        let (Some((layer, ino, fb)), Some((dev, count))) = (keys::parse_extent(k), keys::parse_extent_value(v)) else {
-            report.problem("an extent row is malformed");
-            return Ok(true);
-        };
-        match versions.get(&(layer, ino)) {
-            Some(r) if r.kind == FileKind::Regular && !r.is_dead() => {}
-            _ => report.problem(format!(
-                "{} holds data of inode {ino} (file block {fb}, {count} blocks) but no live file of that number (leaked)",
-                label(layer)
-            )),
-        }
-        if count == 0 {
-            report.problem(format!("inode {ino} in {} has an empty extent", label(layer)));
-        } else if dev != 0 {
-            if dev < data_start || dev + u64::from(count) > data_end {
-                report.problem(format!("inode {ino} in {}: blocks {dev}..{} lie outside the data area", label(layer), dev + u64::from(count)));
+    /// Inode versions: filed under their layer's depth, numbered within the counter.
+    fn check_inodes(&mut self) -> Result<(), Error> {
+        let Tables { store, report, next_ino, records, versions } = self;
+        let label = |id: LayerId| layer_label(records, id);
+        store.scan(Table::Inodes, ALL, Dir::Forward, |k, v| {
+            report.inodes += 1;
+            let Some((ino, depth, layer)) = keys::parse_inode(k) else {
+                report.problem("an inode row has a malformed key");
+                return Ok(true);
+            };
+            let Some(lr) = records.get(&layer) else {
+                report.problem(format!("inode {ino} has a version in {}, which does not exist (leaked)", label(layer)));
+                return Ok(true);
+            };
+            if lr.depth != depth {
+                report.problem(format!(
+                    "inode {ino} in {} is filed under depth {depth}, the layer is at depth {}",
+                    label(layer),
+                    lr.depth
+                ));
             }
-            runs.push((dev, u64::from(count), layer, ino));
-        }
-        Ok(true)
-    })?;
-    runs.sort_unstable();
-    for w in runs.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        if a.0 + a.1 > b.0 {
-            report.problem(format!(
-                "blocks {}..{} are claimed by inode {} in {} and by inode {} in {}",
-                b.0,
-                (a.0 + a.1).min(b.0 + b.1),
-                a.3,
-                label(a.2),
-                b.3,
-                label(b.2)
-            ));
-        }
+            if ino.0 == 0 || ino.0 >= *next_ino {
+                report.problem(format!("inode number {ino} in {} is outside the allocated range", label(layer)));
+            }
+            match InodeRecord::decode(v) {
+                Ok(r) => {
+                    versions.insert((layer, ino), r);
+                }
+                Err(e) => report.problem(format!("inode {ino} in {}: {e}", label(layer))),
+            }
+            Ok(true)
+        })
     }
 
-    store.scan(Table::DirChanges, all, Dir::Forward, |k, _| {
-        if let Some((layer, _, _)) = keys::parse_dirent(k)
-            && !records.contains_key(&layer)
-        {
-            report.problem(format!("a change record names {}, which does not exist (leaked)", label(layer)));
+    /// The per-layer ownership index mirrors the inode versions.
+    fn check_ownership(&mut self) -> Result<(), Error> {
+        let Tables { store, report, records, versions, .. } = self;
+        let label = |id: LayerId| layer_label(records, id);
+        let mut owned = 0u64;
+        store.scan(Table::LayerInodes, ALL, Dir::Forward, |k, v| {
+            owned += 1;
+            match keys::parse_pair(k) {
+                Some((layer, ino)) => {
+                    if v != [keys::OWN_CREATED] && v != [keys::OWN_COPIED] {
+                        report.problem(format!(
+                            "ownership row of inode {ino} in {} has an unknown value",
+                            label(LayerId(layer))
+                        ));
+                    }
+                    if !versions.contains_key(&(LayerId(layer), Ino(ino))) {
+                        report.problem(format!(
+                            "{} lists inode {ino} as its own but holds no version of it",
+                            label(LayerId(layer))
+                        ));
+                    }
+                }
+                None => report.problem("an ownership row has a malformed key"),
+            }
+            Ok(true)
+        })?;
+        if owned != report.inodes {
+            report.problem(format!("{} inode versions but {owned} ownership rows", report.inodes));
         }
-        Ok(true)
-    })?;
-    let mut orphans = 0;
-    store.scan(Table::Orphans, all, Dir::Forward, |k, _| {
-        orphans += 1;
-        if let Some((layer, ino)) = keys::parse_pair(k) {
-            match versions.get(&(LayerId(layer), Ino(ino))) {
-                Some(r) if r.links.is_empty() => {}
+        Ok(())
+    }
+
+    /// Directory entries live in directory versions and name allocated inodes.
+    fn check_dirents(&mut self) -> Result<(), Error> {
+        let Tables { store, report, next_ino, records, versions } = self;
+        let label = |id: LayerId| layer_label(records, id);
+        store.scan(Table::Dirents, ALL, Dir::Forward, |k, v| {
+            report.entries += 1;
+            let (Some((layer, dir, name)), Some((ino, _))) = (keys::parse_dirent(k), keys::parse_dirent_value(v))
+            else {
+                report.problem("a directory entry is malformed");
+                return Ok(true);
+            };
+            let shown = String::from_utf8_lossy(name);
+            match versions.get(&(layer, dir)) {
+                Some(d) if d.kind == FileKind::Directory && !d.is_dead() => {}
                 _ => report.problem(format!(
-                    "orphan record for inode {ino} in {} has no nameless version behind it",
-                    label(LayerId(layer))
+                    "entry {shown:?} in {} belongs to directory {dir}, which the layer does not hold (leaked)",
+                    label(layer)
                 )),
             }
-        }
-        Ok(true)
-    })?;
-    if orphans > 0 {
-        report
-            .notes
-            .push(format!("{orphans} files were open but deleted at the last durable point; the next open frees them"));
+            if let Err(e) = crate::fs::check_name(name) {
+                report.problem(format!("entry {shown:?} of directory {dir} in {}: {e}", label(layer)));
+            }
+            if ino.0 == 0 || ino.0 >= *next_ino {
+                report.problem(format!(
+                    "entry {shown:?} of directory {dir} in {} names inode {ino}, which was never allocated",
+                    label(layer)
+                ));
+            }
+            Ok(true)
+        })
     }
-    Ok(Some(records.len()))
+
+    /// Extents: owned by a live regular file, inside the data area, never overlapping.
+    fn check_extents(&mut self, superblock: &crate::store::SharedSuperblock) -> Result<(), Error> {
+        let (data_start, data_end) = lock_superblock(superblock).data_blocks();
+        let mut runs: Vec<(u64, u64, LayerId, Ino)> = Vec::new();
+        {
+            let Tables { store, report, records, versions, .. } = &mut *self;
+            let label = |id: LayerId| layer_label(records, id);
+            store.scan(Table::Extents, ALL, Dir::Forward, |k, v| {
+                report.extents += 1;
+                let (Some((layer, ino, fb)), Some((dev, count))) =
+                    (keys::parse_extent(k), keys::parse_extent_value(v))
+                else {
+                    report.problem("an extent row is malformed");
+                    return Ok(true);
+                };
+                match versions.get(&(layer, ino)) {
+                    Some(r) if r.kind == FileKind::Regular && !r.is_dead() => {}
+                    _ => report.problem(format!(
+                        "{} holds data of inode {ino} (file block {fb}, {count} blocks) but no live file of that number (leaked)",
+                        label(layer)
+                    )),
+                }
+                if count == 0 {
+                    report.problem(format!("inode {ino} in {} has an empty extent", label(layer)));
+                } else if dev != 0 {
+                    if dev < data_start || dev + u64::from(count) > data_end {
+                        report.problem(format!(
+                            "inode {ino} in {}: blocks {dev}..{} lie outside the data area",
+                            label(layer),
+                            dev + u64::from(count)
+                        ));
+                    }
+                    runs.push((dev, u64::from(count), layer, ino));
+                }
+                Ok(true)
+            })?;
+        }
+        runs.sort_unstable();
+        for w in runs.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            if a.0 + a.1 > b.0 {
+                let problem = format!(
+                    "blocks {}..{} are claimed by inode {} in {} and by inode {} in {}",
+                    b.0,
+                    (a.0 + a.1).min(b.0 + b.1),
+                    a.3,
+                    self.label(a.2),
+                    b.3,
+                    self.label(b.2)
+                );
+                self.report.problem(problem);
+            }
+        }
+        Ok(())
+    }
+
+    /// Change records name existing layers.
+    fn check_dir_changes(&mut self) -> Result<(), Error> {
+        let Tables { store, report, records, .. } = self;
+        store.scan(Table::DirChanges, ALL, Dir::Forward, |k, _| {
+            if let Some((layer, _, _)) = keys::parse_dirent(k)
+                && !records.contains_key(&layer)
+            {
+                report.problem(format!(
+                    "a change record names {}, which does not exist (leaked)",
+                    layer_label(records, layer)
+                ));
+            }
+            Ok(true)
+        })
+    }
+
+    /// Orphan records have a nameless version behind them.
+    fn check_orphans(&mut self) -> Result<(), Error> {
+        let Tables { store, report, records, versions, .. } = self;
+        let mut orphans = 0;
+        store.scan(Table::Orphans, ALL, Dir::Forward, |k, _| {
+            orphans += 1;
+            if let Some((layer, ino)) = keys::parse_pair(k) {
+                match versions.get(&(LayerId(layer), Ino(ino))) {
+                    Some(r) if r.links.is_empty() => {}
+                    _ => report.problem(format!(
+                        "orphan record for inode {ino} in {} has no nameless version behind it",
+                        layer_label(records, LayerId(layer))
+                    )),
+                }
+            }
+            Ok(true)
+        })?;
+        if orphans > 0 {
+            report.notes.push(format!(
+                "{orphans} files were open but deleted at the last durable point; the next open frees them"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Walks every layer's tree.
