@@ -45,8 +45,10 @@ pub(crate) const SUPERBLOCK_SIZE: usize = 4096;
 pub(crate) const METADATA_OFFSET: u64 = 1 << 20;
 const CRC_AT: usize = SUPERBLOCK_SIZE - 4;
 
-/// Smallest offset of the data region: the metadata region is at least 16 MiB.
-const MIN_DATA_OFFSET: u64 = METADATA_OFFSET + (16 << 20);
+/// Smallest metadata region a device is formatted with.
+const MIN_METADATA_BYTES: u64 = 16 << 20;
+/// Smallest offset of the data region.
+const MIN_DATA_OFFSET: u64 = METADATA_OFFSET + MIN_METADATA_BYTES;
 /// Bytes at the start of the metadata region that are never zero once the store was created
 /// (the store's header).
 const METADATA_HEAD: usize = 64 << 10;
@@ -87,6 +89,12 @@ impl Superblock {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0),
         }
+    }
+
+    /// The metadata region a device of `len` bytes gets unless told otherwise: an eighth of
+    /// the device, between 16 MiB and 64 GiB, in whole MiB.
+    pub fn default_metadata_bytes(len: u64) -> u64 {
+        (len / 8).clamp(MIN_METADATA_BYTES, 64 << 30).div_ceil(1 << 20) << 20
     }
 
     /// First and one-past-last data block (since version 2 the first block of the region holds
@@ -289,11 +297,10 @@ impl Superblock {
     /// The backup copy, looked for at each whole MiB where a data region can start, the
     /// default geometry's first. Only a copy that says it lives where it was found counts.
     fn find_backup(device: &dyn Device, len: u64) -> Result<Option<Superblock>, OpenError> {
-        let default_meta = ((len / 8).clamp(16 << 20, 64 << 30)).div_ceil(1 << 20) << 20;
-        let guess = METADATA_OFFSET + default_meta;
+        let guess = METADATA_OFFSET + Self::default_metadata_bytes(len);
         let candidates = std::iter::once(guess)
             .chain((MIN_DATA_OFFSET..len).step_by(1 << 20).filter(|&at| at != guess))
-            .take_while(|&at| at + SUPERBLOCK_SIZE as u64 <= len);
+            .filter(|&at| at + SUPERBLOCK_SIZE as u64 <= len);
         let mut buf = vec![0u8; SUPERBLOCK_SIZE];
         for at in candidates {
             device.read_at(&mut buf, at).map_err(|source| OpenError::Io {

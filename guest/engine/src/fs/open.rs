@@ -58,8 +58,9 @@ impl Engine {
         }
         let len = device.len().map_err(io_error(&name, "reading the device size"))?;
         let len = len / BLOCK_SIZE * BLOCK_SIZE;
-        let meta = options.metadata_bytes.unwrap_or((len / 8).clamp(16 << 20, 64 << 30));
-        let meta = meta.div_ceil(1 << 20) << 20;
+        let meta = options
+            .metadata_bytes
+            .map_or_else(|| Superblock::default_metadata_bytes(len), |bytes| bytes.div_ceil(1 << 20) << 20);
         if len < METADATA_OFFSET + meta + MIN_DATA_BYTES {
             return Err(OpenError::BadGeometry {
                 device: name,
