@@ -21,7 +21,6 @@
 use std::collections::HashSet;
 use std::io::{self, IoSlice};
 use std::os::fd::OwnedFd;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -31,7 +30,7 @@ use nix::errno::Errno as SysErrno;
 use tracing::{debug, error, warn};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::abi::{self, InHeader, InterruptIn, OutHeader, opcode};
+use crate::abi::{self, InHeader, InterruptIn, opcode};
 use crate::dispatch::{self, Page};
 use crate::fs::{LcfsFs, MAX_IO};
 
@@ -99,13 +98,7 @@ pub(crate) struct Readers {
 impl Readers {
     /// Starts `threads` threads serving the connection `dev` (after INIT).
     pub(crate) fn start(fs: Arc<LcfsFs>, dev: OwnedFd, threads: usize) -> io::Result<Readers> {
-        let shared = Arc::new(Shared {
-            fs,
-            dev,
-            interrupts: Interrupts::default(),
-            served: AtomicU64::new(0),
-            failed_replies: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared { fs, dev, interrupts: Interrupts::default(), failed_replies: AtomicU64::new(0) });
         let mut readers = Readers { threads: Vec::new(), shared };
         for n in 0..threads.max(1) {
             let shared = readers.shared.clone();
@@ -113,11 +106,6 @@ impl Readers {
             readers.threads.push(thread);
         }
         Ok(readers)
-    }
-
-    /// Requests answered through `/dev/fuse` so far (INIT, FORGET and INTERRUPT not counted).
-    pub(crate) fn served(&self) -> u64 {
-        self.shared.served.load(Ordering::Relaxed)
     }
 
     pub(crate) fn interrupts(&self) -> InterruptCounts {
@@ -143,7 +131,6 @@ struct Shared {
     fs: Arc<LcfsFs>,
     dev: OwnedFd,
     interrupts: Interrupts,
-    served: AtomicU64,
     failed_replies: AtomicU64,
 }
 
@@ -242,15 +229,10 @@ impl Shared {
         let op_in = &head[IN_HEADER..];
         let payload_in = len - IN_HEADER - fixed;
         let tracked = self.interrupts.serving(header.unique);
-        let result = catch_unwind(AssertUnwindSafe(|| dispatch::serve(&self.fs, &header, op_in, payload, payload_in)))
-            .unwrap_or_else(|_| {
-                error!(opcode = header.opcode, "a FUSE request handler panicked; answering EIO");
-                Err(Errno::EIO)
-            });
+        let result = dispatch::serve_caught(&self.fs, &header, op_in, payload, payload_in);
         if tracked {
             self.interrupts.done(header.unique);
         }
-        self.served.fetch_add(1, Ordering::Relaxed);
         self.reply(header.unique, result, payload);
     }
 
@@ -277,11 +259,7 @@ impl Shared {
     /// Writes the answer to request `unique`: `Ok(n)` with the first `n` bytes of `payload`,
     /// or an errno. Returns whether the kernel took it.
     fn reply(&self, unique: u64, result: Result<usize, Errno>, payload: &[u8]) -> bool {
-        let (error, len) = match result {
-            Ok(len) => (0, len.min(payload.len())),
-            Err(e) => (-e.code(), 0),
-        };
-        let out = OutHeader { len: (size_of::<OutHeader>() + len) as u32, error, unique };
+        let (out, len) = dispatch::out_header(unique, result.map(|len| len.min(payload.len())));
         let iov = [IoSlice::new(out.as_bytes()), IoSlice::new(&payload[..len])];
         match nix::sys::uio::writev(&self.dev, &iov) {
             Ok(_) => true,

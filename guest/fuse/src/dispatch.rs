@@ -29,6 +29,31 @@ impl Page {
     pub(crate) const ZERO: Page = Page([0; 4096]);
 }
 
+/// Runs one request as [`serve`] does, answering `EIO` if its handler panics: the request
+/// fails, the serving thread goes on.
+pub(crate) fn serve_caught(
+    fs: &LcfsFs,
+    header: &abi::InHeader,
+    op_in: &[u8],
+    payload: &mut [u8],
+    payload_in: usize,
+) -> Result<usize, Errno> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(fs, header, op_in, payload, payload_in)))
+        .unwrap_or_else(|_| {
+            tracing::error!(opcode = header.opcode, "a FUSE request handler panicked; answering EIO");
+            Err(Errno::EIO)
+        })
+}
+
+/// The header of the answer to request `unique`, and how many payload bytes follow it.
+pub(crate) fn out_header(unique: u64, result: Result<usize, Errno>) -> (abi::OutHeader, usize) {
+    let (error, len) = match result {
+        Ok(len) => (0, len),
+        Err(e) => (-e.code(), 0),
+    };
+    (abi::OutHeader { len: (size_of::<abi::OutHeader>() + len) as u32, error, unique }, len)
+}
+
 /// Runs one request. `payload` is the entry's payload buffer, of which the first `payload_in`
 /// bytes came with the request; returns how many bytes of answer it now holds.
 pub(crate) fn serve(

@@ -108,11 +108,6 @@ impl Mount {
         self.queues.as_ref().map_or(0, uring::Queues::served)
     }
 
-    /// Requests answered through `/dev/fuse` so far.
-    pub fn dev_fuse_requests(&self) -> u64 {
-        self.readers.served()
-    }
-
     /// The kernel's INTERRUPTs so far, and how many were answered.
     pub fn interrupts(&self) -> InterruptCounts {
         self.readers.interrupts()

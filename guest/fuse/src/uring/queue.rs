@@ -4,7 +4,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -252,16 +251,8 @@ impl Worker {
         let op_in = slot.headers.op_in;
         let payload_in = slot.headers.ring_ent_in_out.payload_sz as usize;
         let payload = slot.payload.as_mut_bytes();
-        let result = catch_unwind(AssertUnwindSafe(|| dispatch::serve(&self.fs, &header, &op_in, payload, payload_in)))
-            .unwrap_or_else(|_| {
-                error!(opcode = header.opcode, "a FUSE request handler panicked; answering EIO");
-                Err(Errno::EIO)
-            });
-        let (error, len) = match result {
-            Ok(len) => (0, len),
-            Err(e) => (-e.code(), 0),
-        };
-        let out = abi::OutHeader { len: (size_of::<abi::OutHeader>() + len) as u32, error, unique: header.unique };
+        let result = dispatch::serve_caught(&self.fs, &header, &op_in, payload, payload_in);
+        let (out, len) = dispatch::out_header(header.unique, result);
         slot.headers.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(out.as_bytes());
         slot.headers.ring_ent_in_out.payload_sz = len as u32;
     }
