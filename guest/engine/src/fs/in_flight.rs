@@ -50,7 +50,7 @@ impl WritesInFlight {
         self.changed.wait(gate).unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits while `layer` is being closed. A hint only: [`WritesInFlight::begin`] decides.
+    /// Waits while `layer` is being closed (after [`WritesInFlight::begin`] refused a write).
     pub(crate) fn wait_until_open(&self, layer: LayerId) {
         let mut gate = self.lock();
         while gate.closing.contains(&layer) {

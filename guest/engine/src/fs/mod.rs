@@ -508,7 +508,6 @@ impl Engine {
             return self.query(layer, Op::Write, |st, l| st.check_writable_file(l, ino)).map(|()| 0);
         }
         let (plan, _in_flight, _guard) = loop {
-            self.shared.writes.wait_until_open(layer);
             let guard = self.inode_lock(layer, ino);
             let planned = self.change(layer, Op::Write, |st, l| {
                 if !self.shared.writes.begin(layer) {
@@ -520,10 +519,13 @@ impl Engine {
                 st.take_handle(layer, ino);
                 Ok(Some((plan, in_flight)))
             })?;
-            // None: a commit or remove is closing the layer; plan again once it is done.
             if let Some((plan, in_flight)) = planned {
                 break (plan, in_flight, guard);
             }
+            // A commit or remove is closing the layer: plan again once it is done, without
+            // holding the inode lock meanwhile.
+            drop(guard);
+            self.shared.writes.wait_until_open(layer);
         };
         let io = plan.perform(self.shared.device.as_ref(), data);
         self.shared.data_dirty.store(true, Ordering::Release);
