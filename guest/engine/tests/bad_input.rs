@@ -95,15 +95,21 @@ fn a_foreign_file_is_refused_without_a_write() {
     assert!(matches!(format, Err(OpenError::NotLcfs { .. })), "format must not overwrite foreign data unless forced");
 }
 
-#[test]
-fn a_future_version_is_refused() {
-    let mut bytes = populated();
+/// Rewrites the format version in both superblock copies at the start, with a valid checksum,
+/// as a build of that version would have written them.
+fn set_version(bytes: &mut [u8], version: u32) {
     for copy in 0..2 {
         let at = copy * 4096;
-        bytes[at + 8..at + 12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[at + 8..at + 12].copy_from_slice(&version.to_le_bytes());
         let crc = crc32fast::hash(&bytes[at..at + 4092]);
         bytes[at + 4092..at + 4096].copy_from_slice(&crc.to_le_bytes());
     }
+}
+
+#[test]
+fn a_future_version_is_refused() {
+    let mut bytes = populated();
+    set_version(&mut bytes, 3);
     // Not overridden by the (version 2) backup copy.
     let err = try_open(bytes).expect_err("future version");
     assert!(matches!(err, OpenError::UnsupportedVersion { found: 3, .. }), "{err}");
@@ -254,12 +260,7 @@ fn a_version_1_device_opens_and_is_not_formatted_over_when_damaged() {
     let mut bytes = populated();
     // Relabel as version 1: the backup block becomes free data space, which is all version 1
     // knew of it.
-    for copy in 0..2 {
-        let at = copy * 4096;
-        bytes[at + 8..at + 12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32fast::hash(&bytes[at..at + 4092]);
-        bytes[at + 4092..at + 4096].copy_from_slice(&crc.to_le_bytes());
-    }
+    set_version(&mut bytes, 1);
     let backup = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
     bytes[backup..backup + 4096].fill(0);
     let device: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(bytes.clone()));
